@@ -1,0 +1,38 @@
+"""Shared pytest fixtures: paths to the repository and to the optional ../shared data."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+# DDS discovery stays on this machine (set before any test imports rclpy).
+os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get('VPR_SHARED_DATA', REPO_ROOT.parent / 'shared' / 'data'))
+
+
+def shared_dataset(name: str) -> Path:
+    """Return ``../shared/data/<name>`` or skip the calling test with the reason."""
+    path = SHARED_DATA / name
+    if not path.is_dir():
+        pytest.skip(f'shared dataset {name!r} not found at {path} (set VPR_SHARED_DATA)')
+    return path
+
+
+@pytest.fixture
+def corridor_dir() -> Path:
+    """The two-traversal corridor dataset (111 query + 111 reference frames)."""
+    return shared_dataset('corridor')
+
+
+@pytest.fixture
+def golden_dir() -> Path:
+    """The Pair-VPR numerical fixture produced by the official code."""
+    return shared_dataset('pairvpr_golden')
+
+
+@pytest.fixture
+def rtabmap_dir() -> Path:
+    """The RTAB-Map loop-closure sample (84 frames)."""
+    return shared_dataset('rtabmap_samples')

@@ -1,0 +1,1 @@
+"""Command-line tools of the core; each module exposes ``main(argv=None) -> int``."""

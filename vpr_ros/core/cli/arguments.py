@@ -1,0 +1,59 @@
+"""Command-line flags generated from the config dataclasses (one source of truth)."""
+
+import argparse
+from dataclasses import fields, MISSING
+import logging
+import typing
+from typing import Type, TypeVar
+
+from vpr_ros.core.config import config_from_dict
+
+T = TypeVar('T')
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, cls: type, prefix: str = '') -> None:
+    """Add one ``--flag`` per field of ``cls`` with its help text, type, choices and default."""
+    group = parser.add_argument_group(f'{cls.__name__} options')
+    hints = typing.get_type_hints(cls)
+    for f in fields(cls):
+        flag = '--' + (prefix + f.name).replace('_', '-')
+        help_text = f.metadata.get('help', f.name) + ' (default: %(default)s)'
+        default = f.default if f.default is not MISSING else None
+        if hints[f.name] is bool:
+            group.add_argument(flag, dest=prefix + f.name, action=argparse.BooleanOptionalAction,
+                               default=default, help=help_text)
+        else:
+            group.add_argument(flag, dest=prefix + f.name, type=hints[f.name], default=default,
+                               choices=f.metadata.get('choices'), help=help_text)
+
+
+def config_from_args(cls: Type[T], args: argparse.Namespace, prefix: str = '') -> T:
+    """Build ``cls`` from the flags that :func:`add_config_arguments` added."""
+    return config_from_dict(cls, {f.name: getattr(args, prefix + f.name) for f in fields(cls)})
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``--model`` / ``--checkpoint`` (mutually exclusive)."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument('--model', default=None,
+                       help='registry model name; default: efficientnet_lite0_gem')
+    group.add_argument('--checkpoint', default=None,
+                       help='vpr_ros safetensors checkpoint to load instead of --model '
+                            '(default: %(default)s)')
+
+
+def add_input_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the flags that select topics in a bag or poses for an image folder."""
+    parser.add_argument('--image-topic', default='camera/image_raw',
+                        help='bag image topic (Image or CompressedImage) (default: %(default)s)')
+    parser.add_argument('--pose-topic', default=None,
+                        help='bag pose topic (Odometry, PoseStamped or PoseWithCovarianceStamped)'
+                             ' (default: %(default)s)')
+    parser.add_argument('--poses-csv', default=None,
+                        help='CSV of poses for an image folder (default: %(default)s)')
+
+
+def configure_logging(verbose: bool) -> None:
+    """Send library logs to stderr (INFO with ``--verbose``, WARNING otherwise)."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format='%(levelname)s %(name)s: %(message)s')

@@ -1,0 +1,113 @@
+"""Typed, frozen configuration dataclasses: the single source of truth for every option.
+
+ROS parameters, ``config/*.yaml`` and CLI flags are derived from these classes. Each field carries
+``metadata['help']`` (a description) and, for numbers, optional ``metadata['range']`` (min, max).
+"""
+
+from dataclasses import dataclass, field, fields, is_dataclass
+import typing
+from typing import Any, Type, TypeVar
+
+from vpr_ros.core.errors import ConfigError
+
+T = TypeVar('T')
+
+INDEX_KINDS = ('flat', 'hnsw', 'ivfpq')
+DEVICES = ('auto', 'cpu', 'cuda')
+PRECISIONS = ('fp32', 'fp16', 'bf16')
+
+
+def _opt(default: Any, help_text: str, value_range: tuple | None = None,
+         choices: tuple | None = None) -> Any:
+    metadata = {'help': help_text}
+    if value_range is not None:
+        metadata['range'] = value_range
+    if choices is not None:
+        metadata['choices'] = choices
+    return field(default=default, metadata=metadata)
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    """How the map's FAISS index is built."""
+
+    kind: str = _opt('flat', 'index kind: flat (exact inner product), hnsw or ivfpq',
+                     choices=INDEX_KINDS)
+    hnsw_m: int = _opt(32, 'HNSW neighbours per node', (4, 256))
+    hnsw_ef_search: int = _opt(128, 'HNSW search breadth', (1, 4096))
+    ivf_nlist: int = _opt(64, 'IVF-PQ coarse cells', (1, 65536))
+    ivf_nprobe: int = _opt(8, 'IVF-PQ cells visited per query', (1, 65536))
+    pq_m: int = _opt(16, 'IVF-PQ sub-quantizers (must divide the descriptor dimension)', (1, 512))
+    use_gpu: bool = _opt(True, 'use faiss GPU when it is installed and CUDA is present')
+
+    def __post_init__(self) -> None:
+        """Validate values."""
+        validate(self)
+
+
+@dataclass(frozen=True)
+class LocalizerConfig:
+    """Localization pipeline: shortlist, re-ranking and acceptance."""
+
+    top_k: int = _opt(100, 'candidates shortlisted by global search and re-ranked', (1, 10000))
+    rerank: bool = _opt(True, 're-rank the shortlist with the pair classifier if the model has one')
+    rerank_batch_size: int = _opt(50, 'candidate pairs scored per pair-classifier batch',
+                                  (1, 4096))
+    accept_probability: float = _opt(0.5, 'accept a match whose calibrated probability reaches it',
+                                     (0.0, 1.0))
+    temporal_window: int = _opt(0, 'accept only if the last N accepted matches agree (0 = off)',
+                                (0, 100))
+    temporal_max_distance_m: float = _opt(10.0, 'distance within which consecutive matches agree',
+                                          (0.0, 1e6))
+    batch_size: int = _opt(16, 'images per descriptor-extraction batch', (1, 1024))
+    device: str = _opt('auto', 'inference device: auto, cpu or cuda', choices=DEVICES)
+    precision: str = _opt('fp32', 'autocast precision on CUDA: fp32, fp16 or bf16',
+                          choices=PRECISIONS)
+
+    def __post_init__(self) -> None:
+        """Validate values."""
+        validate(self)
+
+
+def validate(obj: Any) -> None:
+    """Check every field of a config dataclass against its declared type, range and choices."""
+    hints = typing.get_type_hints(type(obj))
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        _check_type(type(obj).__name__, f.name, value, hints[f.name])
+        lo_hi = f.metadata.get('range')
+        if lo_hi is not None and not lo_hi[0] <= value <= lo_hi[1]:
+            raise ConfigError(f'{type(obj).__name__}.{f.name}={value!r} is outside '
+                              f'[{lo_hi[0]}, {lo_hi[1]}]')
+        choices = f.metadata.get('choices')
+        if choices is not None and value not in choices:
+            raise ConfigError(f'{type(obj).__name__}.{f.name}={value!r} is not one of {choices}')
+
+
+def _check_type(owner: str, name: str, value: Any, hint: Any) -> None:
+    expected = {bool: (bool,), int: (int,), float: (int, float), str: (str,)}.get(hint)
+    if expected is None:
+        return
+    if isinstance(value, bool) and hint is not bool:
+        expected = ()
+    if not isinstance(value, expected):
+        raise ConfigError(f'{owner}.{name} must be {hint.__name__}, got {value!r}')
+
+
+def config_to_dict(obj: Any) -> dict:
+    """Return the fields of a config dataclass as a plain dictionary."""
+    return {f.name: getattr(obj, f.name) for f in fields(obj)}
+
+
+def config_from_dict(cls: Type[T], data: dict) -> T:
+    """Build ``cls`` from ``data``, rejecting unknown keys by name; missing keys take defaults."""
+    if not is_dataclass(cls):
+        raise TypeError(f'{cls!r} is not a dataclass')
+    names = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f'unknown {cls.__name__} option(s) {unknown}; valid: {sorted(names)}')
+    hints = typing.get_type_hints(cls)
+    values = {k: (float(v) if hints[k] is float and isinstance(v, int)
+                  and not isinstance(v, bool) else v) for k, v in data.items()}
+    return cls(**values)

@@ -1,0 +1,25 @@
+"""Building a map database from a frame sequence."""
+
+import logging
+from typing import Iterable
+
+from vpr_ros.core.database import MapEntry
+from vpr_ros.core.frame import Frame
+from vpr_ros.core.frame_source import batched
+from vpr_ros.core.localizer import Localizer
+
+LOG = logging.getLogger(__name__)
+
+
+def add_frames(localizer: Localizer, frames: Iterable[Frame]) -> int:
+    """Describe ``frames`` in batches and append them to the localizer's map; returns the count."""
+    database = localizer.database
+    added = 0
+    for batch in batched(frames, localizer.config.batch_size):
+        descriptors, tokens = localizer.describe([f.image for f in batch])
+        entries = [MapEntry(id=-1, stamp_ns=f.stamp_ns, pose=f.pose, gps=None, source=f.source,
+                            slam_node_id=None) for f in batch]
+        database.add(descriptors, entries, tokens if database.has_tokens else None)
+        added += len(batch)
+    LOG.info('added %d frames; map now holds %d places', added, len(database))
+    return added

@@ -1,0 +1,1 @@
+"""Model registry, the Pair-VPR port, encoders and checkpoint I/O."""

@@ -1,0 +1,42 @@
+"""The interface every VPR model implements: one method per computation."""
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from vpr_ros.core.models.spec import ModelSpec
+
+
+class VprModel(nn.Module):
+    """A global-descriptor model with an optional pair classifier for re-ranking.
+
+    Subclasses set ``self.spec`` and implement :meth:`describe`; models with a pair classifier also
+    implement :meth:`pair_logit`. Images are ``[B, 3, H, W]`` float tensors already normalised by
+    :func:`vpr_ros.core.preprocessing.preprocess`.
+    """
+
+    spec: ModelSpec
+
+    def describe(self, images: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Return ``(global [B, D] L2-normalised, tokens [B, N, C] or None)`` in one pass."""
+        raise NotImplementedError
+
+    def global_descriptor(self, images: torch.Tensor) -> torch.Tensor:
+        """Return L2-normalised global descriptors ``[B, D]``."""
+        return self.describe(images)[0]
+
+    def dense_features(self, images: torch.Tensor) -> torch.Tensor:
+        """Return the dense tokens ``[B, N, C]`` that the pair classifier consumes."""
+        tokens = self.describe(images)[1]
+        if tokens is None:
+            raise NotImplementedError(f'{self.spec.architecture} has no dense features')
+        return tokens
+
+    def pair_logit(self, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+        """Return the same-place logit ``[B]`` with ``first`` as the decoder's updated stream."""
+        raise NotImplementedError(f'{self.spec.architecture} has no pair classifier')
+
+    def pair_score(self, query: torch.Tensor, candidate: torch.Tensor) -> torch.Tensor:
+        """Return the symmetric re-ranking score ``[B]``: both input orders' logits summed."""
+        return self.pair_logit(query, candidate) + self.pair_logit(candidate, query)

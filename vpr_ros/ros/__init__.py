@@ -1,0 +1,1 @@
+"""ROS 2 node glue around :mod:`vpr_ros.core`."""
