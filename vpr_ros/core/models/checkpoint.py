@@ -1,0 +1,356 @@
+"""Model weights on disk: our safetensors checkpoints and the official Pair-VPR/DINOv2 files.
+
+Our format is one safetensors file: the model's state dict plus metadata ``format`` =
+``vpr_ros.checkpoint``, ``version`` = ``1``, ``spec`` = :meth:`ModelSpec.to_json` and ``sha256``
+= :func:`tensor_digest` of the tensors (safetensors itself has no checksum). Loading rebuilds the
+network from the registry (``spec.architecture`` and ``spec.options``) and refuses any missing,
+unexpected or mis-shaped tensor and any tensor data that does not match the digest.
+
+Official files are read with ``torch.load(weights_only=True)`` (never unpickled otherwise) or,
+for ``.safetensors`` files holding an official state dict, with safetensors. The key map between
+official ``PairVPRNet`` names and ours is explicit:
+
+==============================  =====================================
+official                        ours
+==============================  =====================================
+``encoder.model.<dinov2 key>``  ``encoder.<key>`` (see :mod:`dinov2`)
+``globalizer.0.<p>``            ``globalizer.<p>``
+``decoder_clstoken``, ...       ``decoder.decoder_clstoken``, ...
+==============================  =====================================
+
+The decoder keys (``decoder_clstoken``, ``mask_token``, ``dec_pos_embed``, ``dec_pos_embed_cls``,
+``decoder_embed``, ``dec_blocks``, ``dec_norm``, ``prediction_head``, ``classvprmodule``) keep
+their names under the ``decoder.`` prefix.
+"""
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+import tempfile
+from typing import Union
+
+from safetensors import safe_open, SafetensorError
+from safetensors.torch import load_file, save_file
+import torch
+
+from vpr_ros.core.errors import CheckpointError
+from vpr_ros.core.models.dinov2 import DinoV2Encoder, from_official_keys, to_official_keys
+from vpr_ros.core.models.pair_decoder import interpolate_decoder_pos_embed
+from vpr_ros.core.models.pairvpr import PairVpr
+from vpr_ros.core.models.registry import create_model
+from vpr_ros.core.models.spec import ModelSpec
+from vpr_ros.core.models.vpr_model import VprModel
+
+LOGGER = logging.getLogger(__name__)
+
+FORMAT_NAME = 'vpr_ros.checkpoint'
+FORMAT_VERSION = 1
+OFFICIAL_ENCODER_PREFIX = 'encoder.model.'
+OFFICIAL_GLOBALIZER_PREFIX = 'globalizer.0.'
+OFFICIAL_DECODER_NAMES = ('decoder_clstoken', 'mask_token', 'dec_pos_embed', 'dec_pos_embed_cls',
+                          'decoder_embed', 'dec_blocks', 'dec_norm', 'prediction_head',
+                          'classvprmodule')
+MAX_NAMED_KEYS = 8
+
+PathLike = Union[str, os.PathLike]
+
+
+# ---- our format ----------------------------------------------------------------------------
+
+def save_checkpoint(model: VprModel, path: PathLike) -> Path:
+    """Write ``model``'s weights and spec to ``path`` atomically; return the path."""
+    path = Path(path)
+    state = {key: value.detach().cpu().contiguous().clone()
+             for key, value in model.state_dict().items()}
+    metadata = {'format': FORMAT_NAME, 'version': str(FORMAT_VERSION),
+                'spec': model.spec.to_json(), 'sha256': tensor_digest(state)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
+    os.close(handle)
+    try:
+        save_file(state, temp, metadata=metadata)
+        _fsync_file(temp)
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+    _fsync_directory(path.parent)
+    return path
+
+
+def load_checkpoint(path: PathLike, device: Union[str, torch.device] = 'cpu') -> VprModel:
+    """Rebuild the model recorded in checkpoint ``path`` and load its weights (eval mode)."""
+    path = Path(path)
+    metadata = _read_metadata(path)
+    model = _rebuild(spec_from_metadata(metadata, path), path)
+    state = _read_safetensors(path)
+    check_state_dict(model.state_dict(), state, f'checkpoint {path}')
+    if tensor_digest(state) != metadata.get('sha256'):
+        raise CheckpointError(f'{path}: tensor data does not match the stored sha256 (corrupt or '
+                              f'modified file)')
+    model.load_state_dict(state, strict=True)
+    return model.to(device).eval()
+
+
+def tensor_digest(state: dict) -> str:
+    """Return the SHA-256 over every tensor's name, dtype, shape and bytes (sorted by name)."""
+    digest = hashlib.sha256()
+    for key in sorted(state):
+        tensor = state[key].detach().cpu().contiguous()
+        digest.update(f'{key}|{tensor.dtype}|{tuple(tensor.shape)}|'.encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+def read_checkpoint_spec(path: PathLike) -> ModelSpec:
+    """Return the :class:`ModelSpec` stored in checkpoint ``path`` after checking the format."""
+    path = Path(path)
+    return spec_from_metadata(_read_metadata(path), path)
+
+
+def spec_from_metadata(metadata: dict, path: Path) -> ModelSpec:
+    """Check the format fields of checkpoint ``metadata`` and parse its model spec."""
+    if metadata.get('format') != FORMAT_NAME:
+        raise CheckpointError(f'{path} is not a vpr_ros checkpoint (metadata format '
+                              f'{metadata.get("format")!r}, expected {FORMAT_NAME!r})')
+    if metadata.get('version') != str(FORMAT_VERSION):
+        raise CheckpointError(f'{path}: checkpoint version {metadata.get("version")!r} is not '
+                              f'supported (expected {FORMAT_VERSION})')
+    if 'spec' not in metadata:
+        raise CheckpointError(f'{path}: checkpoint metadata has no model spec')
+    try:
+        return ModelSpec.from_json(metadata['spec'])
+    except CheckpointError as exc:
+        raise CheckpointError(f'{path}: {exc}') from exc
+
+
+def _rebuild(spec: ModelSpec, path: Path) -> VprModel:
+    """Build ``spec``'s model from the registry and check that it reproduces the same spec."""
+    try:
+        model = create_model(spec.architecture, **spec.kwargs)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f'{path}: cannot rebuild model {spec.architecture!r} with options '
+                              f'{spec.kwargs}: {exc}') from exc
+    stored, built = json.loads(spec.to_json()), json.loads(model.spec.to_json())
+    differing = sorted(key for key in stored if stored[key] != built.get(key))
+    if differing:
+        details = ', '.join(f'{key}: file {stored[key]!r} vs rebuilt {built.get(key)!r}'
+                            for key in differing)
+        raise CheckpointError(f'{path}: model spec does not match the rebuilt model ({details})')
+    return model
+
+
+def _read_metadata(path: Path) -> dict:
+    """Return the safetensors metadata of ``path`` or raise a :class:`CheckpointError`."""
+    _require_file(path)
+    try:
+        with safe_open(str(path), framework='pt') as handle:
+            return dict(handle.metadata() or {})
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f'{path} is not a readable safetensors file (corrupt, truncated '
+                              f'or another format): {exc}') from exc
+
+
+def _read_safetensors(path: Path) -> dict:
+    """Return every tensor of safetensors file ``path`` on the CPU."""
+    _require_file(path)
+    try:
+        return load_file(str(path), device='cpu')
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f'{path}: cannot read tensors (corrupt or truncated): '
+                              f'{exc}') from exc
+
+
+def _require_file(path: Path) -> None:
+    """Raise a :class:`CheckpointError` when ``path`` is not an existing file."""
+    if not path.is_file():
+        raise CheckpointError(f'checkpoint file {path} not found')
+
+
+def _fsync_file(path: PathLike) -> None:
+    """Flush ``path``'s contents to disk."""
+    with open(path, 'rb') as handle:
+        os.fsync(handle.fileno())
+
+
+def _fsync_directory(path: Path) -> None:
+    """Flush the directory entry of a renamed file (no-op where unsupported)."""
+    try:
+        handle = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(handle)
+    except OSError:
+        pass
+    finally:
+        os.close(handle)
+
+
+# ---- strict key check -------------------------------------------------------------------
+
+def _name_keys(keys: list) -> str:
+    """Return the first few ``keys`` and how many more there are."""
+    shown = ', '.join(keys[:MAX_NAMED_KEYS])
+    more = len(keys) - MAX_NAMED_KEYS
+    return f'{shown} (+{more} more)' if more > 0 else shown
+
+
+def compare_state_dicts(expected: dict, state: dict) -> tuple[list, list, list]:
+    """Return ``(missing, unexpected, mis-shaped)`` key lists of ``state`` against ``expected``."""
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    mismatched = [f'{key} (file {tuple(state[key].shape)}, model {tuple(expected[key].shape)})'
+                  for key in sorted(set(state) & set(expected))
+                  if tuple(state[key].shape) != tuple(expected[key].shape)]
+    return missing, unexpected, mismatched
+
+
+def describe_key_problems(missing: list, unexpected: list, mismatched: list) -> str:
+    """Return one sentence naming the missing, unexpected and mis-shaped keys."""
+    parts = [f'{len(keys)} {label}: {_name_keys(keys)}'
+             for label, keys in (('missing keys', missing), ('unexpected keys', unexpected),
+                                 ('shape mismatches', mismatched)) if keys]
+    return '; '.join(parts)
+
+
+def check_state_dict(expected: dict, state: dict, source: str) -> None:
+    """Raise a :class:`CheckpointError` naming every key that does not match ``expected``."""
+    problems = compare_state_dicts(expected, state)
+    if any(problems):
+        raise CheckpointError(f'{source} does not match the model: '
+                              f'{describe_key_problems(*problems)}')
+
+
+# ---- official Pair-VPR / DINOv2 files -----------------------------------------------------
+
+def from_official_state_dict(state: dict) -> dict:
+    """Map official ``PairVPRNet`` keys to ours; keys the map does not know pass unchanged."""
+    encoder = {key[len(OFFICIAL_ENCODER_PREFIX):]: value for key, value in state.items()
+               if key.startswith(OFFICIAL_ENCODER_PREFIX)}
+    out = {f'encoder.{key}': value for key, value in from_official_keys(encoder).items()}
+    for key, value in state.items():
+        if key.startswith(OFFICIAL_ENCODER_PREFIX):
+            continue
+        if key.startswith(OFFICIAL_GLOBALIZER_PREFIX):
+            out['globalizer.' + key[len(OFFICIAL_GLOBALIZER_PREFIX):]] = value
+        elif key.split('.')[0] in OFFICIAL_DECODER_NAMES:
+            out[f'decoder.{key}'] = value
+        else:
+            out[key] = value
+    return out
+
+
+def to_official_state_dict(model: PairVpr) -> dict:
+    """Return ``model``'s state dict under the official ``PairVPRNet`` names and layout."""
+    state = model.state_dict()
+    encoder = {key[len('encoder.'):]: value for key, value in state.items()
+               if key.startswith('encoder.')}
+    out = {}
+    for key, value in state.items():
+        if key.startswith('decoder.'):
+            out[key[len('decoder.'):]] = value
+        elif key.startswith('globalizer.'):
+            out[OFFICIAL_GLOBALIZER_PREFIX + key[len('globalizer.'):]] = value
+    official_encoder = to_official_keys(encoder, model.encoder.swiglu)
+    out.update({OFFICIAL_ENCODER_PREFIX + key: value for key, value in official_encoder.items()})
+    return out
+
+
+def official_state_dict_keys(model: PairVpr) -> list[str]:
+    """Return the sorted official key names that ``model`` corresponds to."""
+    return sorted(to_official_state_dict(model))
+
+
+def read_official_state_dict(path: PathLike) -> dict:
+    """Read an official state dict from ``.pth`` (``weights_only``) or ``.safetensors``.
+
+    A dict holding the state dict under ``model`` or ``state_dict`` is unwrapped, and a
+    ``module.`` prefix (``DataParallel``) on every key is removed.
+    """
+    path = Path(path)
+    _require_file(path)
+    if path.suffix == '.safetensors':
+        return _read_safetensors(path)
+    try:
+        loaded = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f'{path}: cannot read official weights with torch.load('
+                              f'weights_only=True): {exc}') from exc
+    return _unwrap_state_dict(loaded, path)
+
+
+def _unwrap_state_dict(loaded: object, path: Path) -> dict:
+    """Return the tensor dictionary inside ``loaded`` (a raw or wrapped state dict)."""
+    if isinstance(loaded, dict):
+        for wrapper in ('model', 'state_dict'):
+            if isinstance(loaded.get(wrapper), dict):
+                loaded = loaded[wrapper]
+                break
+    if not isinstance(loaded, dict) or not all(torch.is_tensor(v) for v in loaded.values()):
+        raise CheckpointError(f'{path} holds no state dict of tensors '
+                              f"(expected a dict, or one under 'model' or 'state_dict')")
+    if loaded and all(key.startswith('module.') for key in loaded):
+        loaded = {key[len('module.'):]: value for key, value in loaded.items()}
+    return loaded
+
+
+def _hand_over_decoder_table(model: PairVpr, state: dict) -> dict:
+    """Give a stage-one state dict (no ``dec_pos_embed_cls``) the stage-two decoder tables."""
+    if 'dec_pos_embed' not in state or 'dec_pos_embed_cls' in state:
+        return state
+    if model.decoder.decoder_clstoken is None:
+        return state
+    table, with_cls = interpolate_decoder_pos_embed(state['dec_pos_embed'], model.decoder.grid)
+    LOGGER.info('stage-one decoder positional table %s resized to %s with a CLS row',
+                tuple(state['dec_pos_embed'].shape), tuple(table.shape))
+    return dict(state, dec_pos_embed=table, dec_pos_embed_cls=with_cls)
+
+
+def load_official_state_dict(model: PairVpr, state: dict, strict: bool = True,
+                             source: str = 'official state dict') -> tuple[list, list]:
+    """Load an official-key state dict into ``model``; return ``(missing, unexpected)`` keys.
+
+    Keys are compared under the official names. Shape mismatches always raise; missing or
+    unexpected keys raise when ``strict`` and are logged otherwise. A stage-one state dict (16x16
+    decoder table, no CLS table) gets the official stage-one -> stage-two table hand-over.
+    """
+    state = _hand_over_decoder_table(model, state)
+    expected = to_official_state_dict(model)
+    missing, unexpected, mismatched = compare_state_dicts(expected, state)
+    if mismatched or (strict and (missing or unexpected)):
+        raise CheckpointError(f'{source} does not match the model: '
+                              f'{describe_key_problems(missing, unexpected, mismatched)}')
+    if missing or unexpected:
+        LOGGER.warning('%s: %s', source, describe_key_problems(missing, unexpected, []))
+    known = {key: value for key, value in state.items() if key in expected}
+    model.load_state_dict(from_official_state_dict(known), strict=not missing)
+    return missing, unexpected
+
+
+def load_official_pairvpr(path: PathLike, variant: str = 'vitb14', strict: bool = True,
+                          **overrides) -> PairVpr:
+    """Build ``pairvpr_<variant>`` (with size ``overrides``) and load an official file into it.
+
+    ``path`` is a released ``pairvpr-vitB/L/G.pth`` (read with ``torch.load(weights_only=True)``)
+    or a ``.safetensors`` file holding an official state dict. The model is in eval mode.
+    """
+    state = read_official_state_dict(path)
+    model = create_model(f'pairvpr_{variant}', **overrides)
+    missing, unexpected = load_official_state_dict(model, state, strict, source=str(path))
+    LOGGER.info('loaded %s into pairvpr_%s (%d missing, %d unexpected keys)', path, variant,
+                len(missing), len(unexpected))
+    return model.eval()
+
+
+def load_official_dinov2(encoder: DinoV2Encoder, path: PathLike) -> None:
+    """Load an official DINOv2 hub file (``dinov2_vit*14_reg4_pretrain.pth``) into ``encoder``.
+
+    Keys carry no prefix; every key must match (names and shapes), else ``CheckpointError``.
+    """
+    state = read_official_state_dict(path)
+    expected = to_official_keys(encoder.state_dict(), encoder.swiglu)
+    check_state_dict(expected, state, f'DINOv2 weights {path}')
+    encoder.load_state_dict(from_official_keys(state), strict=True)
