@@ -93,22 +93,22 @@ class Localizer:
 
     @property
     def model(self) -> VprModel:
-        """The descriptor / pair-classifier model."""
+        """Return the descriptor / pair-classifier model."""
         return self._model
 
     @property
     def database(self) -> MapDatabase:
-        """The map database queried and extended by this localizer."""
+        """Return the map database queried and extended by this localizer."""
         return self._database
 
     @property
     def config(self) -> LocalizerConfig:
-        """The current configuration."""
+        """Return the current configuration."""
         return self._config
 
     @property
     def device(self) -> torch.device:
-        """The inference device."""
+        """Return the inference device."""
         return self._device
 
     @property

@@ -7,6 +7,7 @@ Recall@1/5 and per-stage timings, and writes a plot.
 
 import argparse
 from pathlib import Path
+import shutil
 import sys
 import time
 from typing import Optional, Sequence
@@ -115,6 +116,8 @@ def run(out: Path, radius_m: float, checkpoint: Optional[str]) -> dict:
     """Run the demo and return the recalls it measured."""
     from vpr_ros.core.bag import read_frames
     t0 = time.perf_counter()
+    if (out / 'sample').exists():
+        shutil.rmtree(out / 'sample')  # our own output of an earlier run
     sample = write_sample(out / 'sample')
     print(f'sample: rendered both traversals in {time.perf_counter() - t0:.1f} s -> '
           f'{sample.map_bag}, {sample.query_bag}')
