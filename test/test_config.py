@@ -56,6 +56,7 @@ def test_cli_flags_match_fields_and_defaults() -> None:
     config = config_from_args(LocalizerConfig, args)
     assert (config.top_k, config.rerank, config.device) == (7, False, 'cpu')
     assert config.batch_size == LocalizerConfig().batch_size
-    helps = [a.help for a in parser._actions if a.dest in {f.name for f in fields(LocalizerConfig)}]
+    names = {f.name for f in fields(LocalizerConfig)}
+    helps = [a.help for a in parser._actions if a.dest in names]
     assert len(helps) == len(fields(LocalizerConfig))
     assert all('%(default)s' in h for h in helps)

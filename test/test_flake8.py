@@ -1,9 +1,8 @@
 """Code style: ament_flake8 (99 columns, single quotes, google import order) over the sources."""
 
 from ament_flake8.main import main_with_errors
-import pytest
-
 from conftest import REPO_ROOT
+import pytest
 
 PATHS = ['vpr_ros', 'training', 'test', 'launch', 'benchmarks', 'setup.py']
 

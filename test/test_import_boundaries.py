@@ -4,13 +4,12 @@ import ast
 from pathlib import Path
 import sys
 
+from conftest import REPO_ROOT
 import pytest
 
-from conftest import REPO_ROOT
-
 ROS_MODULES = {
-    'rclpy', 'launch', 'launch_ros', 'cv_bridge', 'message_filters', 'tf2_ros', 'rosidl_runtime_py',
-    'ament_index_python', 'builtin_interfaces', 'rcl_interfaces',
+    'rclpy', 'launch', 'launch_ros', 'cv_bridge', 'message_filters', 'tf2_ros',
+    'rosidl_runtime_py', 'ament_index_python', 'builtin_interfaces', 'rcl_interfaces',
 }
 TRAINING_MODULES = {'training', 'vpr_ros_training'}
 

@@ -13,7 +13,7 @@ from vpr_ros.core.geometry import pose_from_xy_yaw
 from vpr_ros.core.localizer import Localizer
 from vpr_ros.core.models.registry import create_model
 
-INPUT = (96, 96)
+INPUT = (96, 128)
 
 
 @pytest.fixture(scope='module')
@@ -67,7 +67,8 @@ def test_rerank_order_matches_one_pair_at_a_time(model, filled: Localizer) -> No
     assert result.reranked
     np.testing.assert_allclose([c.pair_score for c in result.candidates], naive, atol=1e-4)
     assert naive == sorted(naive, reverse=True)
-    shortlist = set(np.argsort(-(filled.database.descriptors @ filled.describe([query])[0][0]))[:8])
+    sims = filled.database.descriptors @ filled.describe([query])[0][0]
+    shortlist = set(np.argsort(-sims)[:8])
     assert set(ids) == shortlist
 
 

@@ -50,7 +50,8 @@ class LocalizerConfig:
     """Localization pipeline: shortlist, re-ranking and acceptance."""
 
     top_k: int = _opt(100, 'candidates shortlisted by global search and re-ranked', (1, 10000))
-    rerank: bool = _opt(True, 're-rank the shortlist with the pair classifier if the model has one')
+    rerank: bool = _opt(True, 're-rank the shortlist with the pair classifier '
+                        '(when the model has one)')
     rerank_batch_size: int = _opt(50, 'candidate pairs scored per pair-classifier batch',
                                   (1, 4096))
     accept_probability: float = _opt(0.5, 'accept a match whose calibrated probability reaches it',

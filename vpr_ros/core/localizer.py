@@ -1,4 +1,4 @@
-"""The localization pipeline: describe, shortlist by global search, re-rank pairs, accept or reject."""
+"""The localization pipeline: describe, shortlist by global search, re-rank, accept or reject."""
 
 from collections import deque
 from dataclasses import dataclass, field
@@ -130,7 +130,10 @@ class Localizer:
             self._history.clear()
 
     def describe(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, Optional[np.ndarray]]:
-        """Return global descriptors ``[B, D] float32`` and tokens ``[B, N, C] float16`` or None."""
+        """Return global descriptors ``[B, D] float32`` and tokens ``[B, N, C] float16`` or None.
+
+        Images are ``[H, W, 3] uint8 RGB``; they are processed in batches of ``batch_size``.
+        """
         globals_, tokens = [], []
         batch = self._config.batch_size
         for start in range(0, len(images), batch):

@@ -19,7 +19,7 @@ from vpr_ros.core.cli.arguments import configure_logging
 from vpr_ros.core.config import LocalizerConfig
 from vpr_ros.core.database import MapDatabase
 from vpr_ros.core.frame_source import batched, frame_positions
-from vpr_ros.core.localizer import DEFAULT_MODEL, LocalizationResult, Localizer, load_model
+from vpr_ros.core.localizer import DEFAULT_MODEL, load_model, LocalizationResult, Localizer
 from vpr_ros.core.mapping import add_frames
 from vpr_ros.core.metrics import format_recalls, positives_within_radius, recall_at_n
 from vpr_ros.core.sample import write_sample

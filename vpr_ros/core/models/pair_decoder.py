@@ -54,12 +54,13 @@ def interpolate_decoder_pos_embed(table: torch.Tensor, grid: tuple[int, int]
     is resized with plain bicubic interpolation (no antialiasing, corners not aligned) to
     ``grid`` (23x23 at 322 px), and a zero row is put in front for the decoder CLS token.
     """
-    side = int(round(table.shape[0] ** 0.5))
-    if side * side != table.shape[0]:
-        raise ValueError(f'decoder positional table has {table.shape[0]} rows, not a square grid')
     dim = table.shape[1]
     resized = table
-    if (side, side) != tuple(grid):
+    if table.shape[0] != grid[0] * grid[1]:
+        side = int(round(table.shape[0] ** 0.5))
+        if side * side != table.shape[0]:
+            raise ValueError(f'decoder positional table has {table.shape[0]} rows: neither the '
+                             f'{grid[0]}x{grid[1]} target nor a square grid')
         square = table.float().reshape(side, side, dim).permute(2, 0, 1).unsqueeze(0)
         square = F.interpolate(square, size=tuple(grid), mode='bicubic', align_corners=False)
         resized = square.permute(0, 2, 3, 1).reshape(-1, dim).to(table.dtype)

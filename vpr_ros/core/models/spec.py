@@ -13,8 +13,8 @@ SPEC_FORMAT_VERSION = 1
 class ModelSpec:
     """What a model is and how its inputs are prepared.
 
-    ``architecture`` is a registry name; ``options`` are the keyword arguments that rebuild the same
-    network from the registry (JSON-serialisable, stored as sorted ``(key, value)`` pairs).
+    ``architecture`` is a registry name; ``options`` are the keyword arguments that rebuild the
+    same network from the registry (JSON-serialisable, stored as sorted ``(key, value)`` pairs).
     """
 
     architecture: str

@@ -1,0 +1,82 @@
+"""Turn RGB images into the normalised tensors a model expects.
+
+The resize follows the official Pair-VPR evaluation: a bilinear resize straight to the model's
+``input_size`` (aspect ratio not preserved; antialiased when shrinking, as PIL does), then
+``/ 255`` and per-channel ``(x - mean) / std`` from the model's :class:`ModelSpec`.
+"""
+
+from typing import Sequence, Union
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from vpr_ros.core.errors import ImageDecodeError
+from vpr_ros.core.models.spec import ModelSpec
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+Device = Union[str, torch.device]
+
+
+def preprocess(images: Sequence[np.ndarray], spec: ModelSpec,
+               device: Device = 'cpu') -> torch.Tensor:
+    """Resize and normalise a batch of images for the model described by ``spec``.
+
+    Args:
+        images: ``[H, W, 3] uint8 RGB`` arrays; sizes may differ between images.
+        spec: the model spec giving ``input_size (h, w)``, ``mean`` and ``std``.
+        device: where the resize and normalisation run and the result lives.
+
+    Returns:
+        ``[B, 3, h, w] float32`` tensor on ``device`` (``B = 0`` for an empty sequence).
+    """
+    for index, image in enumerate(images):
+        validate_image(image, index)
+    height, width = spec.input_size
+    if len(images) == 0:
+        return torch.empty((0, 3, height, width), dtype=torch.float32, device=device)
+    if all(image.shape == images[0].shape for image in images):
+        batch = _resize(_to_tensor(images, device), (height, width))
+    else:
+        batch = torch.cat([_resize(_to_tensor([image], device), (height, width))
+                           for image in images])
+    return _normalise(batch, spec)
+
+
+def validate_image(image: np.ndarray, index: int = 0) -> None:
+    """Raise :class:`ImageDecodeError` unless ``image`` is a non-empty ``[H, W, 3] uint8`` array.
+
+    The message names the image by its ``index`` in the batch.
+    """
+    if not isinstance(image, np.ndarray):
+        raise ImageDecodeError(f'image {index}: expected a numpy.ndarray, '
+                               f'got {type(image).__name__}')
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ImageDecodeError(f'image {index}: expected shape [H, W, 3] (RGB), got {image.shape}')
+    if image.dtype != np.uint8:
+        raise ImageDecodeError(f'image {index}: expected dtype uint8, got {image.dtype}')
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise ImageDecodeError(f'image {index}: empty image of shape {image.shape}')
+
+
+def _to_tensor(images: Sequence[np.ndarray], device: Device) -> torch.Tensor:
+    """Stack same-sized ``[H, W, 3] uint8`` images into a ``[B, 3, H, W] float32`` tensor."""
+    stacked = torch.from_numpy(np.stack(images)).to(device)
+    return stacked.permute(0, 3, 1, 2).float()
+
+
+def _resize(batch: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize (half-pixel centres, antialiased when shrinking) to ``size (h, w)``."""
+    if tuple(batch.shape[-2:]) == tuple(size):
+        return batch
+    return F.interpolate(batch, size=tuple(size), mode='bilinear', align_corners=False,
+                         antialias=True)
+
+
+def _normalise(batch: torch.Tensor, spec: ModelSpec) -> torch.Tensor:
+    """Return ``(batch / 255 - mean) / std`` with the spec's per-channel statistics."""
+    mean = torch.tensor(spec.mean, dtype=batch.dtype, device=batch.device).view(1, 3, 1, 1)
+    std = torch.tensor(spec.std, dtype=batch.dtype, device=batch.device).view(1, 3, 1, 1)
+    return (batch / 255.0 - mean) / std
