@@ -23,7 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of ``vpr-map``."""
     parser = argparse.ArgumentParser(prog='vpr-map', description=__doc__)
     parser.add_argument('--verbose', action='store_true', help='log progress details')
-    commands = parser.add_subparsers(dest='command', required=True)
+    commands = parser.add_subparsers(dest='command', required=True,
+                                     help='build a map, or print a map summary')
     build = commands.add_parser('build', help='build (or extend) a map from images')
     build.add_argument('input', help='image folder, rosbag2 directory, or .mcap/.db3 file')
     build.add_argument('--out', required=True, help='map directory to write')
