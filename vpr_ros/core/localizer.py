@@ -107,6 +107,11 @@ class Localizer:
         return self._config
 
     @property
+    def calibration(self) -> Optional[Calibration]:
+        """Return the score calibration (None: the built-in defaults per score kind)."""
+        return self._calibration
+
+    @property
     def device(self) -> torch.device:
         """Return the inference device."""
         return self._device

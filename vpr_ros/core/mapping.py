@@ -11,15 +11,14 @@ from vpr_ros.core.localizer import Localizer
 LOG = logging.getLogger(__name__)
 
 
-def add_frames(localizer: Localizer, frames: Iterable[Frame]) -> int:
-    """Describe ``frames`` in batches and append them to the localizer's map; returns the count."""
+def add_frames(localizer: Localizer, frames: Iterable[Frame]) -> list[int]:
+    """Describe ``frames`` in batches and append them to the localizer's map; return their ids."""
     database = localizer.database
-    added = 0
+    ids: list[int] = []
     for batch in batched(frames, localizer.config.batch_size):
         descriptors, tokens = localizer.describe([f.image for f in batch])
         entries = [MapEntry(id=-1, stamp_ns=f.stamp_ns, pose=f.pose, gps=None, source=f.source,
                             slam_node_id=None) for f in batch]
-        database.add(descriptors, entries, tokens if database.has_tokens else None)
-        added += len(batch)
-    LOG.info('added %d frames; map now holds %d places', added, len(database))
-    return added
+        ids += database.add(descriptors, entries, tokens if database.has_tokens else None)
+    LOG.info('added %d frames; map now holds %d places', len(ids), len(database))
+    return ids

@@ -50,7 +50,7 @@ def build(args: argparse.Namespace) -> int:
                                config_from_args(IndexConfig, args, prefix='index_'))
     frames = open_frames(args.input, args.image_topic, args.pose_topic, args.poses_csv)
     start = time.perf_counter()
-    count = add_frames(localizer, tqdm(frames, desc='map images', unit='img'))
+    count = len(add_frames(localizer, tqdm(frames, desc='map images', unit='img')))
     localizer.database.save(args.out)
     seconds = time.perf_counter() - start
     print(f'map {args.out}: added {count} images ({count / max(seconds, 1e-9):.1f} img/s), '

@@ -1,0 +1,292 @@
+"""Evaluation pipeline, scoring of recorded matches, reports and the ``vpr-eval`` CLI."""
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from vpr_ros.core.benchmark_datasets import (
+    EvalDataset, pairs_from_traversals, read_bag_pair, read_folder_dataset,
+    read_index_list_dataset)
+from vpr_ros.core.cli import vpr_eval
+from vpr_ros.core.errors import DatasetError
+from vpr_ros.core.evaluation import (
+    build_map, evaluate, localize_queries, make_localizer, Match, match_from_result,
+    REPORT_FILES, score_matches, write_report)
+from vpr_ros.core.frame import Frame
+from vpr_ros.core.geometry import pose_from_xy_yaw
+
+SMALL_INPUT = [96, 128]
+PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope='module')
+def small_model():
+    """Build the default architecture with its ImageNet weights at a reduced input size."""
+    from vpr_ros.core.models.registry import create_model
+    return create_model('efficientnet_lite0_gem', input_size=SMALL_INPUT)
+
+
+def _toy_traversals(count: int = 8, seed: int = 0) -> tuple[list, list]:
+    """Database blocks images at x = 10 i; queries are noisy copies 1 m further along."""
+    rng = np.random.default_rng(seed)
+    database, queries = [], []
+    for i in range(count):
+        blocks = rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)
+        image = np.kron(blocks, np.ones((8, 8, 1), dtype=np.uint8))
+        noisy = np.clip(image.astype(int) + rng.integers(-20, 21, image.shape), 0, 255)
+        database.append(Frame(10**9 + i * 10**8, image, pose_from_xy_yaw(10 * i, 0, 0), f'd{i}'))
+        queries.append(Frame(5 * 10**9 + i * 10**8, noisy.astype(np.uint8),
+                             pose_from_xy_yaw(10 * i + 1, 0, 0), f'q{i}'))
+    return database, queries
+
+
+def _tiny_dataset() -> EvalDataset:
+    images = [np.full((4, 4, 3), v, np.uint8) for v in range(7)]
+    database = tuple(Frame(i, images[i]) for i in range(4))
+    queries = tuple(Frame(100 * (q + 1), images[4 + q]) for q in range(3))
+    return EvalDataset('tiny', database, queries, (np.array([1]), np.array([2, 3]),
+                                                   np.array([], np.int64)))
+
+
+# ------------------------------------------------------------------- scoring, hand-worked
+
+def test_score_matches_hand_worked() -> None:
+    """Map ids translate to database indices; missing and unknown queries are handled."""
+    matches = [(100, [11, 10], [0.9, 0.5], 0.8), (200, [10, 12], [0.7, 0.6], 0.3),
+               (999, [10], [0.1])]
+    result = score_matches(matches, _tiny_dataset(), map_ids=[10, 11, 12, 13],
+                           recall_values=(1, 5), accept_threshold=0.5)
+    assert result.predictions.shape == (3, 5)
+    assert result.predictions[:, :2].tolist() == [[1, 0], [0, 2], [-1, -1]]
+    assert result.recalls == pytest.approx({1: 100 / 3, 5: 200 / 3})
+    assert result.recalls_before_rerank is None
+    assert result.first_positive_rank.tolist() == [0, 1, -1]
+    loop = result.loop_closure
+    assert (loop['score'], loop['decisions'], loop['queries_with_true_match']) == (
+        'probability', 2, 2)
+    assert loop['auc'] == pytest.approx(0.5)
+    assert loop['max_recall_at_100_precision'] == pytest.approx(0.5)
+    assert (loop['best_f1'], loop['best_f1_threshold']) == pytest.approx((2 / 3, 0.8))
+    assert loop['at_threshold'] == {'threshold': 0.5, 'source': 'score >= threshold',
+                                    'accepted': 1, 'precision': 1.0, 'recall': 0.5}
+    assert result.summary_line() == 'R@1: 33.3, R@5: 66.7'
+
+
+def test_score_matches_before_rerank_and_latency() -> None:
+    """Matches with a global ranking give Recall before re-ranking; timings are summarised."""
+    matches = [Match(100, (0, 1), (3.0, 1.0), global_map_ids=(1, 0),
+                     timings_ms={'describe': 10.0, 'total': 12.0}, accepted=True),
+               Match(200, (3,), (2.0,), global_map_ids=(0,),
+                     timings_ms={'describe': 20.0, 'total': 22.0}, accepted=False)]
+    result = score_matches(matches, _tiny_dataset(), recall_values=(1, 2),
+                           accept_threshold=0.5)
+    assert result.recalls == pytest.approx({1: 100 / 3, 2: 200 / 3})
+    assert result.recalls_before_rerank == pytest.approx({1: 100 / 3, 2: 100 / 3})
+    assert result.loop_closure['score'] == 'best_score'
+    assert result.loop_closure['at_threshold']['source'] == 'localizer decision'
+    assert result.latency_ms['describe']['p50'] == pytest.approx(15.0)
+    assert result.latency_ms['total']['count'] == 2
+    assert list(result.recall_curve(before_rerank=True)) == pytest.approx([100 / 3, 100 / 3])
+
+
+def test_score_matches_rejects_malformed_records() -> None:
+    """A record needs 3 or 4 fields; duplicate query stamps cannot be matched."""
+    with pytest.raises(DatasetError, match='fields'):
+        score_matches([(100, [1])], _tiny_dataset())
+    twice = EvalDataset('dup', (Frame(0, np.zeros((2, 2, 3), np.uint8)),),
+                        (Frame(5, np.zeros((2, 2, 3), np.uint8)),) * 2, ([0], [0]))
+    with pytest.raises(DatasetError, match='not unique'):
+        score_matches([], twice)
+
+
+def test_write_report_holds_every_file(tmp_path: Path) -> None:
+    """metrics.json, summary.md, predictions.csv and the four PNG plots are written."""
+    matches = [Match(100, (1, 0, 2), (0.9, 0.5, 0.1), 0.8, (0, 1, 2), {'describe': 5.0}, True),
+               Match(200, (0, 2), (0.7, 0.6), 0.3, (2, 0), {'describe': 7.0}, False)]
+    result = score_matches(matches, _tiny_dataset(), recall_values=(1, 5))
+    paths = write_report(result, tmp_path / 'report')
+    assert sorted(p.name for p in paths) == sorted(REPORT_FILES)
+    for name in REPORT_FILES:
+        assert (tmp_path / 'report' / name).stat().st_size > 0
+        if name.endswith('.png'):
+            assert (tmp_path / 'report' / name).read_bytes()[:8] == PNG_MAGIC
+    metrics = json.loads((tmp_path / 'report' / 'metrics.json').read_text())
+    assert metrics['recalls']['1'] == pytest.approx(100 / 3)
+    assert metrics['summary'] == result.summary_line()
+    assert metrics['dataset']['num_queries'] == 3
+    assert result.summary_line() in (tmp_path / 'report' / 'summary.md').read_text()
+    rows = (tmp_path / 'report' / 'predictions.csv').read_text().splitlines()
+    assert len(rows) == 4 and rows[1].split(',')[4] == '1 0 2'
+    assert list(tmp_path.glob('report/.*')) == []
+
+
+# ---------------------------------------------------------------------- pipeline, real model
+
+def _brute_force_recalls(model, dataset: EvalDataset, ns: tuple) -> dict:
+    """Describe everything directly with the model and rank by inner product with numpy."""
+    from vpr_ros.core.preprocessing import preprocess
+    with torch.inference_mode():
+        db = model.global_descriptor(preprocess(
+            [dataset.database_image(j) for j in range(dataset.num_database)], model.spec))
+        q = model.global_descriptor(preprocess(
+            [dataset.query_image(i) for i in range(dataset.num_queries)], model.spec))
+    order = np.argsort(-(q.numpy() @ db.numpy().T), axis=1)
+    return {n: 100.0 * np.mean([bool(set(order[i, :n]) & set(dataset.positives[i].tolist()))
+                                for i in range(dataset.num_queries)]) for n in ns}
+
+
+def test_evaluate_equals_brute_force_and_recorded_replay(small_model) -> None:
+    """The pipeline's Recall@N equals a direct numpy ranking; recorded tuples score the same."""
+    database, queries = _toy_traversals()
+    dataset = pairs_from_traversals(database, queries, radius_m=5.0)
+    ns = (1, 2, 4)
+    result = evaluate(small_model, dataset, top_k=8, recall_values=ns)
+    assert result.recalls == pytest.approx(_brute_force_recalls(small_model, dataset, ns))
+    assert result.settings['model'] == 'efficientnet_lite0_gem'
+    assert {'describe', 'search', 'total', 'map_describe'} <= set(result.latency_ms)
+    localizer = make_localizer(small_model, top_k=8, rerank=False)
+    map_ids, _ = build_map(localizer, dataset)
+    matches = [match_from_result(r) for r in localize_queries(localizer, dataset)]
+    records = [(m.query_stamp_ns, list(m.map_ids), list(m.scores)) for m in matches]
+    replayed = score_matches(records, dataset, map_ids, ns)
+    assert replayed.recalls == result.recalls
+    assert np.array_equal(replayed.predictions, result.predictions)
+
+
+def test_evaluate_with_rerank_reports_both_rankings() -> None:
+    """With a pair classifier, Recall before re-ranking equals the run without re-ranking."""
+    from vpr_ros.core.models.registry import create_model
+    model = create_model('pairvpr_lite', pretrained=False, input_size=[96, 96])
+    database, queries = _toy_traversals(6, seed=3)
+    dataset = pairs_from_traversals(database, queries, radius_m=5.0)
+    ns = (1, 3)
+    reranked = evaluate(model, dataset, top_k=6, rerank=True, recall_values=ns)
+    plain = evaluate(model, dataset, top_k=6, rerank=False, recall_values=ns)
+    assert reranked.settings['rerank'] is True and plain.settings['rerank'] is False
+    assert reranked.recalls_before_rerank == plain.recalls
+    assert plain.recalls_before_rerank is None
+    assert np.all(np.diff(reranked.scores, axis=1) <= 1e-6)
+    assert sorted(reranked.predictions[0].tolist()) == sorted(plain.predictions[0].tolist())
+
+
+def _corridor_modes(corridor_dir: Path, tmp_path: Path) -> dict:
+    """Return the corridor as an index list, an @UTM folder pair and two bags (10 m apart)."""
+    from vpr_ros.core.bag import write_frames
+    from vpr_ros.core.image_folder import read_folder
+    folder = tmp_path / 'utm'
+    for side, target in (('ref', 'database'), ('query', 'queries')):
+        (folder / target).mkdir(parents=True)
+        for i, image in enumerate(sorted((corridor_dir / side).glob('*.jpg'))):
+            name = f'@0@{10 * i:07.1f}@@@@@@@@@@@@@.jpg'
+            (folder / target / name).symlink_to(image)
+    for side in ('ref', 'query'):
+        frames = [Frame(f.stamp_ns, f.image, pose_from_xy_yaw(10 * i, 0, 0), f.source)
+                  for i, f in enumerate(read_folder(corridor_dir / side))]
+        write_frames(tmp_path / f'{side}_bag', frames, 'cam', 'odom', storage='mcap')
+    return {'index-list': read_index_list_dataset(corridor_dir),
+            'folder': read_folder_dataset(folder),
+            'bags': read_bag_pair(tmp_path / 'ref_bag', tmp_path / 'query_bag', 'cam', 'odom')}
+
+
+def _check_modes_identical(model, corridor_dir: Path, tmp_path: Path) -> dict:
+    datasets = _corridor_modes(corridor_dir, tmp_path)
+    expected = [list(p) for p in datasets['index-list'].positives]
+    results = {}
+    for mode, dataset in datasets.items():
+        assert (dataset.num_queries, dataset.num_database) == (111, 111)
+        assert [list(p) for p in dataset.positives] == expected, mode
+        results[mode] = evaluate(model, dataset, top_k=20)
+    reference = results['index-list']
+    for mode, result in results.items():
+        assert result.recalls == reference.recalls, mode
+        assert np.array_equal(result.predictions, reference.predictions), mode
+    assert reference.recalls == pytest.approx(
+        _brute_force_recalls(model, datasets['index-list'], reference.recall_values))
+    paths = write_report(reference, tmp_path / 'report')
+    assert sorted(p.name for p in paths) == sorted(REPORT_FILES)
+    return results
+
+
+def test_corridor_folder_index_list_and_bag_modes_agree(small_model, corridor_dir: Path,
+                                                        tmp_path: Path) -> None:
+    """Folder, index-list and bag mode give identical rankings and Recall@N on the corridor."""
+    _check_modes_identical(small_model, corridor_dir, tmp_path)
+
+
+@pytest.mark.slow
+def test_corridor_default_model_all_modes(corridor_dir: Path, tmp_path: Path) -> None:
+    """The default model at its full input size: three modes agree, R@1 beats chance clearly."""
+    from vpr_ros.core.models.registry import create_model
+    results = _check_modes_identical(create_model('efficientnet_lite0_gem'), corridor_dir,
+                                     tmp_path)
+    print('corridor default model:', results['index-list'].summary_line())
+    assert results['index-list'].recalls[1] > 50.0
+
+
+# --------------------------------------------------------------------------------------- CLI
+
+def _utm_folder(root: Path) -> Path:
+    database, queries = _toy_traversals(6, seed=5)
+    from vpr_ros.core.image_codec import encode_compressed
+    for target, frames in (('database', database), ('queries', queries)):
+        (root / target).mkdir(parents=True)
+        for frame in frames:
+            east = frame.pose.position[0]
+            (root / target / f'@{east:06.1f}@0@@@@@@@@@@@@.png').write_bytes(
+                encode_compressed(frame.image, 'png'))
+    return root
+
+
+def test_cli_folder_mode(tmp_path: Path, capsys) -> None:
+    """``vpr-eval`` prints the recall line, which equals metrics.json and a library run."""
+    root = _utm_folder(tmp_path / 'set')
+    out = tmp_path / 'report'
+    rc = vpr_eval.main(['--dataset-format', 'folder', '--dataset', str(root), '--out', str(out),
+                        '--radius', '5', '--recall-values', '1', '3', '--device', 'cpu'])
+    assert rc == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    metrics = json.loads((out / 'metrics.json').read_text())
+    assert line == metrics['summary']
+    assert line.startswith('R@1: ') and ', R@3: ' in line
+    assert all((out / name).is_file() for name in REPORT_FILES)
+
+
+@pytest.mark.parametrize('storage', ['mcap', 'sqlite3'])
+def test_cli_bag_mode(tmp_path: Path, capsys, storage: str) -> None:
+    """Bag mode pairs a map bag and a query bag by pose, with the heading limit applied."""
+    from vpr_ros.core.bag import write_frames
+    database, queries = _toy_traversals(5, seed=9)
+    turned = queries[0].pose.position
+    queries[0] = Frame(queries[0].stamp_ns, queries[0].image,
+                       pose_from_xy_yaw(turned[0], turned[1], math.pi), 'q0 turned')
+    write_frames(tmp_path / 'map', database, 'cam', 'odom', storage=storage)
+    write_frames(tmp_path / 'query', queries, 'cam', 'odom', storage=storage)
+    out = tmp_path / 'report'
+    rc = vpr_eval.main(['--dataset-format', 'bags', '--dataset', str(tmp_path / 'map'),
+                        '--query-bag', str(tmp_path / 'query'), '--image-topic', 'cam',
+                        '--pose-topic', 'odom', '--radius', '5', '--max-yaw-deg', '30',
+                        '--out', str(out), '--device', 'cpu'])
+    assert rc == 0
+    metrics = json.loads((out / 'metrics.json').read_text())
+    assert metrics['dataset']['num_queries'] == 5
+    assert metrics['dataset']['max_yaw_diff_deg'] == pytest.approx(30)
+    assert metrics['dataset']['queries_without_positives'] == 1
+    assert metrics['recalls']['20'] == pytest.approx(80.0)
+    assert capsys.readouterr().out.strip().endswith(metrics['summary'])
+
+
+def test_cli_reports_dataset_errors(tmp_path: Path, capsys) -> None:
+    """A missing dataset folder is an error message and exit status 1, not a traceback."""
+    rc = vpr_eval.main(['--dataset-format', 'folder', '--dataset', str(tmp_path / 'none'),
+                        '--out', str(tmp_path / 'out')])
+    assert rc == 1
+    assert 'does not exist' in capsys.readouterr().err

@@ -1,0 +1,150 @@
+"""``vpr-eval``: evaluate a model on a VPR benchmark or a pair of bags and write a report.
+
+Examples::
+
+    vpr-eval --dataset-format folder --dataset pitts30k/images/test --out report/
+    vpr-eval --dataset-format index-list --dataset corridor --out report/
+    vpr-eval --dataset-format bags --dataset map_bag --query-bag query_bag
+             --image-topic /camera/image_raw --pose-topic /odom --out report/
+
+The printed line follows VPR-methods-evaluation: ``R@1: 68.5, R@5: 92.8, ...``.
+"""
+
+import argparse
+import math
+import sys
+from typing import Optional, Sequence
+
+from tqdm import tqdm
+
+from vpr_ros.core.benchmark_datasets import (DEFAULT_RADIUS_M, EvalDataset, FORMATS,
+                                             load_dataset, write_msls_submission)
+from vpr_ros.core.cli.arguments import add_model_arguments, configure_logging
+from vpr_ros.core.config import DEVICES, LocalizerConfig, PRECISIONS
+from vpr_ros.core.errors import VprError
+from vpr_ros.core.evaluation import evaluate, write_report
+from vpr_ros.core.localizer import load_model
+from vpr_ros.core.metrics import DEFAULT_RECALL_VALUES
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser of ``vpr-eval``."""
+    parser = argparse.ArgumentParser(prog='vpr-eval', description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_arguments(parser)
+    parser.add_argument('--dataset-format', required=True, choices=FORMATS,
+                        help='dataset layout (see vpr_ros.core.benchmark_datasets)')
+    parser.add_argument('--dataset', required=True,
+                        help='dataset root folder (bags: the map bag)')
+    parser.add_argument('--out', required=True, help='report folder to write')
+    _add_dataset_options(parser)
+    _add_run_options(parser)
+    parser.add_argument('--verbose', action='store_true', help='log progress details')
+    return parser
+
+
+def _add_dataset_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group('dataset options')
+    group.add_argument('--radius', type=float, default=DEFAULT_RADIUS_M,
+                       help='positive radius in metres (folder, msls-val, pitts, tokyo, bags) '
+                            '(default: %(default)s)')
+    group.add_argument('--ground-truth', default='ground_truth.json',
+                       help='index-list ground truth file in the dataset folder '
+                            '(default: %(default)s)')
+    group.add_argument('--index-dir', default=None,
+                       help='msls-val: folder with the official msls_val_*.npy index lists')
+    group.add_argument('--variant', default='30k', choices=('30k', '250k'),
+                       help='pitts: Pittsburgh-30k or -250k (default: %(default)s)')
+    group.add_argument('--query-bag', default=None, help='bags: the query bag')
+    group.add_argument('--image-topic', default='camera/image_raw',
+                       help='bags: image topic (default: %(default)s)')
+    group.add_argument('--pose-topic', default='camera/pose',
+                       help='bags: pose / odometry topic (default: %(default)s)')
+    group.add_argument('--max-yaw-deg', type=float, default=None,
+                       help='bags: also require headings within this many degrees')
+    group.add_argument('--submission', default=None,
+                       help='msls-test: write the MSLS challenge prediction file here')
+
+
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    defaults = LocalizerConfig()
+    group = parser.add_argument_group('run options')
+    group.add_argument('--top-k', type=int, default=defaults.top_k,
+                       help='shortlist size searched and re-ranked (default: %(default)s)')
+    group.add_argument('--rerank', action=argparse.BooleanOptionalAction, default=True,
+                       help='re-rank with the pair classifier when the model has one '
+                            '(default: %(default)s)')
+    group.add_argument('--recall-values', type=int, nargs='+', default=DEFAULT_RECALL_VALUES,
+                       help='N of Recall@N (default: %(default)s)')
+    group.add_argument('--batch-size', type=int, default=defaults.batch_size,
+                       help='database images per descriptor batch (default: %(default)s)')
+    group.add_argument('--device', default=defaults.device, choices=DEVICES,
+                       help='inference device (default: %(default)s)')
+    group.add_argument('--precision', default=defaults.precision, choices=PRECISIONS,
+                       help='autocast precision on CUDA (default: %(default)s)')
+    group.add_argument('--accept-probability', type=float,
+                       default=defaults.accept_probability,
+                       help='accept threshold reported in the loop-closure numbers '
+                            '(default: %(default)s)')
+
+
+def dataset_options(args: argparse.Namespace) -> dict:
+    """Return the reader keyword arguments that apply to ``args.dataset_format``."""
+    fmt = args.dataset_format
+    if fmt in ('folder', 'msls-val', 'pitts', 'tokyo'):
+        options = {'radius_m': args.radius}
+    elif fmt == 'index-list':
+        options = {'ground_truth': args.ground_truth}
+    elif fmt == 'bags':
+        max_yaw = None if args.max_yaw_deg is None else math.radians(args.max_yaw_deg)
+        options = {'query_bag': args.query_bag, 'image_topic': args.image_topic,
+                   'pose_topic': args.pose_topic, 'radius_m': args.radius,
+                   'max_yaw_diff_rad': max_yaw}
+    else:
+        options = {}
+    if fmt == 'msls-val' and args.index_dir:
+        options['index_dir'] = args.index_dir
+    if fmt == 'pitts':
+        options['variant'] = args.variant
+    return options
+
+
+def _progress(items, description: str, total: int):
+    return tqdm(items, desc=description, total=total, unit='img')
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load the dataset and model, evaluate, write the report and print the recall line."""
+    dataset: EvalDataset = load_dataset(args.dataset_format, args.dataset,
+                                        **dataset_options(args))
+    print(f'{dataset.name}: {dataset.num_queries} queries, {dataset.num_database} database '
+          f'images, {dataset.queries_without_positives} queries without a positive')
+    model = load_model(args.checkpoint, args.model)
+    config = LocalizerConfig(top_k=args.top_k, rerank=args.rerank, batch_size=args.batch_size,
+                             device=args.device, precision=args.precision,
+                             accept_probability=args.accept_probability)
+    result = evaluate(model, dataset, args.top_k, args.rerank, tuple(args.recall_values),
+                      progress=_progress, config=config)
+    write_report(result, args.out)
+    if args.submission:
+        write_msls_submission(args.submission, dataset, result.predictions)
+    if result.recalls_before_rerank is not None:
+        before = ', '.join(f'R@{n}: {v:.1f}' for n, v in result.recalls_before_rerank.items())
+        print(f'before re-ranking: {before}')
+    print(result.summary_line())
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of ``vpr-eval``; returns the process exit status."""
+    args = build_parser().parse_args(argv)
+    configure_logging(args.verbose)
+    try:
+        return run(args)
+    except VprError as exc:
+        print(f'error: {exc}', file=sys.stderr)
+        return 1
+
+
+if __name__ == '__main__':
+    sys.exit(main())
