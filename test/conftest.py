@@ -1,5 +1,6 @@
 """Shared pytest fixtures: paths to the repository and to the optional ../shared data."""
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -9,6 +10,8 @@ import pytest
 os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# Without rclpy (a plain venv), the ROS test modules are not collected at all.
+collect_ignore_glob = [] if importlib.util.find_spec('rclpy') else ['test_ros_*.py']
 SHARED_DATA = Path(os.environ.get('VPR_SHARED_DATA', REPO_ROOT.parent / 'shared' / 'data'))
 
 

@@ -1,0 +1,343 @@
+"""The ``localize`` node: camera images in, place matches out, in standard message types.
+
+Subscribes ``image`` (sensor_msgs/Image) or ``image/compressed`` (sensor_msgs/CompressedImage),
+and ``odom`` (nav_msgs/Odometry, for keyframe gating by motion). Publishes ``~/pose``
+(PoseWithCovarianceStamped), ``~/loop_closure`` (Float64MultiArray, LIO-SAM convention),
+``~/matches`` (PointCloud2, see :mod:`vpr_ros.ros.matches`), ``~/markers`` (MarkerArray),
+``~/debug_image`` (Image, only while subscribed) and ``/diagnostics``. Services ``~/reload_map``
+(std_srvs/Trigger) and ``~/pause`` (std_srvs/SetBool).
+
+Inference runs on a worker thread that always takes the newest frame; frames replaced before the
+worker reached them are dropped and counted (``dropped_stale``).
+"""
+
+from dataclasses import replace
+from functools import lru_cache
+import os
+from pathlib import Path
+import sys
+import threading
+import time
+from typing import Optional
+
+from geometry_msgs.msg import PoseWithCovarianceStamped
+from nav_msgs.msg import Odometry
+import numpy as np
+import rclpy
+from rclpy.exceptions import ParameterException
+from rclpy.executors import ExternalShutdownException
+import rclpy.logging
+from sensor_msgs.msg import Image, PointCloud2
+from std_msgs.msg import Float64MultiArray, Header
+from std_srvs.srv import SetBool, Trigger
+from visualization_msgs.msg import MarkerArray
+
+from vpr_ros.core.database import MANIFEST_FILE, MapDatabase
+from vpr_ros.core.errors import ImageDecodeError, VprError
+from vpr_ros.core.geometry import positions_array
+from vpr_ros.core.image_codec import read_image_file
+from vpr_ros.core.localizer import load_model, LocalizationResult, Localizer
+from vpr_ros.ros.conversions import (image_from_msg, image_to_msg, ImageRejected,
+                                     pose_from_msg, PoseRejected, stamp_to_ns)
+from vpr_ros.ros.keyframe_gate import KeyframeGate
+from vpr_ros.ros.latest_slot import LatestSlot
+from vpr_ros.ros.matches import encode_matches
+from vpr_ros.ros.node_config import LOCALIZE_GROUPS
+from vpr_ros.ros.outputs import (debug_panel, loop_closure_message, map_marker, match_markers,
+                                 pose_message)
+from vpr_ros.ros.pose_buffer import PoseBuffer
+from vpr_ros.ros.vpr_node import input_qos, VprNode
+
+WORKER_POLL_S = 0.2
+MAP_MARKER_PERIOD_S = 5.0
+COUNTERS = ('received', 'processed', 'dropped_stale', 'skipped_paused', 'skipped_keyframe_gate',
+            'result.accepted')
+
+
+@lru_cache(maxsize=8)
+def _map_image(source: str) -> Optional[np.ndarray]:
+    """Return the map image stored at ``source`` when it is a readable image file, else None."""
+    if not source or source.startswith('bag:') or not os.path.isfile(source):
+        return None
+    try:
+        return read_image_file(source)
+    except ImageDecodeError:
+        return None
+
+
+def _manifest_mtime(map_path: str) -> Optional[int]:
+    try:
+        return (Path(map_path) / MANIFEST_FILE).stat().st_mtime_ns
+    except OSError:
+        return None
+
+
+class LocalizeNode(VprNode):
+    """Localizes every (key)frame against the map and publishes the result.
+
+    ``localizer`` injects a ready :class:`Localizer` (tests, demos); by default the node builds
+    one from the ``model``/``checkpoint`` and ``map_path`` parameters.
+    """
+
+    def __init__(self, localizer: Optional[Localizer] = None, **kwargs) -> None:
+        """Declare parameters, load model and map, create the interfaces, start the worker."""
+        super().__init__('localize', LOCALIZE_GROUPS, COUNTERS, **kwargs)
+        self._lock = threading.Lock()
+        self._paused = False
+        self._last_stamp_ns: Optional[int] = None
+        self._gate = KeyframeGate(self.params.config('keyframe'))
+        self._odom = PoseBuffer(capacity=100)
+        self._slot = LatestSlot()
+        self._map_marker_due = 0.0
+        self._localizer = localizer or self._build_localizer()
+        self._localizer.update_config(self.params.config('localizer'))
+        self._map_mtime = _manifest_mtime(self.params.config().map_path)
+        self._create_interfaces()
+        self._worker = threading.Thread(target=self._run_worker, name='vpr_localize',
+                                        daemon=True)
+        self._worker.start()
+
+    @property
+    def localizer(self) -> Localizer:
+        """Return the localizer now in use (replaced by ``~/reload_map``)."""
+        with self._lock:
+            return self._localizer
+
+    def _build_localizer(self) -> Localizer:
+        config = self.params.config()
+        model = load_model(config.checkpoint or None, config.model)
+        database = self._open_map(model.spec)
+        return Localizer(model, database, self.params.config('localizer'))
+
+    def _open_map(self, spec) -> MapDatabase:
+        path = self.params.config().map_path
+        if path and Path(path).exists():
+            return MapDatabase.load(path, expected_spec=spec)
+        self.get_logger().warning(f'map {path!r} does not exist: starting with an empty map')
+        return MapDatabase(spec)
+
+    def _create_interfaces(self) -> None:
+        config = self.params.config()
+        self.subscribe_images(self._on_image)
+        self.create_subscription(Odometry, config.odom_topic, self._on_odometry,
+                                 input_qos('best_effort', 10))
+        self.pose_pub = self.create_publisher(PoseWithCovarianceStamped, '~/pose', 10)
+        self.loop_pub = self.create_publisher(Float64MultiArray, '~/loop_closure', 10)
+        self.matches_pub = self.create_publisher(PointCloud2, '~/matches', 10)
+        self.markers_pub = self.create_publisher(MarkerArray, '~/markers', 10)
+        self.debug_pub = self.create_publisher(Image, '~/debug_image', 2)
+        self.create_service(Trigger, '~/reload_map', self._on_reload_map)
+        self.create_service(SetBool, '~/pause', self._on_pause)
+        if config.map_watch_period_s > 0:
+            self.create_timer(config.map_watch_period_s, self._watch_map)
+
+    # Executor thread ----------------------------------------------------------------------
+
+    def _on_image(self, msg) -> None:
+        self.stats.count('received')
+        if self._paused:
+            self.stats.count('skipped_paused')
+            return
+        if self._slot.put((msg, time.perf_counter())):
+            self.stats.count('dropped_stale')
+
+    def _on_odometry(self, msg: Odometry) -> None:
+        try:
+            pose = pose_from_msg(msg.pose.pose, msg.header.frame_id)
+        except PoseRejected as exc:
+            self.reject(exc.reason, f'odometry: {exc}')
+            return
+        if not self._odom.add(stamp_to_ns(msg.header.stamp), pose):
+            self.reject('out_of_order_stamp', 'odometry stamp is not newer than the last one')
+
+    def _on_pause(self, request: SetBool.Request, response: SetBool.Response):
+        self._paused = bool(request.data)
+        response.success = True
+        response.message = 'paused' if self._paused else 'resumed'
+        self.get_logger().info(f'localization {response.message}')
+        return response
+
+    def _on_reload_map(self, request: Trigger.Request, response: Trigger.Response):
+        try:
+            size = self.reload_map()
+        except (VprError, OSError) as exc:
+            response.success, response.message = False, f'reload failed: {exc}'
+            self.get_logger().error(response.message)
+            return response
+        response.success, response.message = True, f'map reloaded: {size} places'
+        return response
+
+    def reload_map(self) -> int:
+        """Load the map at ``map_path`` again (same model) and return its size."""
+        path = self.params.config().map_path
+        if not path or not Path(path).exists():
+            raise VprError(f'map {path!r} does not exist')
+        current = self.localizer
+        database = MapDatabase.load(path, expected_spec=current.model.spec)
+        fresh = Localizer(current.model, database, current.config)
+        with self._lock:
+            self._localizer = fresh
+        self._map_mtime = _manifest_mtime(path)
+        self._map_marker_due = 0.0
+        self.get_logger().info(f'loaded map {path} with {len(database)} places')
+        return len(database)
+
+    def _watch_map(self) -> None:
+        mtime = _manifest_mtime(self.params.config().map_path)
+        if mtime is not None and mtime != self._map_mtime:
+            try:
+                self.reload_map()
+            except (VprError, OSError) as exc:
+                self.get_logger().warning(f'map changed but could not be reloaded: {exc}')
+                self._map_mtime = mtime
+
+    def on_parameters_changed(self, prefixes: set) -> None:
+        """Apply new thresholds / top-K and keyframe rules at run time."""
+        if 'localizer' in prefixes:
+            self.localizer.update_config(self.params.config('localizer'))
+        if 'keyframe' in prefixes:
+            self._gate.update_config(self.params.config('keyframe'))
+
+    def diagnostic_values(self) -> tuple[dict, Optional[str]]:
+        """Return map size, device, model and state for /diagnostics."""
+        localizer = self.localizer
+        size = len(localizer.database)
+        values = {'map_size': size, 'device': str(localizer.device),
+                  'model': localizer.model.spec.architecture, 'paused': self._paused,
+                  'map_path': self.params.config().map_path}
+        warning = 'paused' if self._paused else ('map is empty' if size == 0 else None)
+        self._publish_map_markers(localizer)
+        return values, warning
+
+    def _publish_map_markers(self, localizer: Localizer) -> None:
+        if self.markers_pub.get_subscription_count() == 0 or time.monotonic() < \
+                self._map_marker_due:
+            return
+        self._map_marker_due = time.monotonic() + MAP_MARKER_PERIOD_S
+        entries = localizer.database.entries
+        positions = positions_array([e.pose for e in entries if e.pose is not None])
+        header = Header(stamp=self.get_clock().now().to_msg(),
+                        frame_id=self.params.config().map_frame)
+        marker = map_marker(header, positions, self.params.config().marker_scale_m)
+        self.markers_pub.publish(MarkerArray(markers=[marker]))
+
+    # Worker thread ------------------------------------------------------------------------
+
+    def _run_worker(self) -> None:
+        while not self._slot.closed:
+            item = self._slot.take(WORKER_POLL_S)
+            if item is None:
+                continue
+            try:
+                self._process(*item)
+            except Exception as exc:  # keep the worker alive whatever fails
+                self.reject('internal_error', f'{type(exc).__name__}: {exc}')
+
+    def _process(self, msg, received: float) -> None:
+        stamp_ns = stamp_to_ns(msg.header.stamp)
+        if self._last_stamp_ns is not None and stamp_ns < self._last_stamp_ns:
+            self.reject('out_of_order_stamp', f'image stamp {stamp_ns} ns is older than the '
+                        f'last one ({self._last_stamp_ns} ns)')
+            return
+        odom_pose = self._odom.latest()
+        if not self._gate.passes(stamp_ns, odom_pose):
+            self.stats.count('skipped_keyframe_gate')
+            return
+        start = time.perf_counter()
+        try:
+            image = image_from_msg(msg)
+        except ImageRejected as exc:
+            self.reject(exc.reason, str(exc))
+            return
+        decode_ms = (time.perf_counter() - start) * 1e3
+        self._last_stamp_ns = stamp_ns
+        result = self._exclude_recent(self.localizer.localize(image, stamp_ns))
+        self._gate.commit(stamp_ns, odom_pose)
+        self._publish(msg.header, image, result)
+        self.stats.count('processed')
+        self.stats.count('result.' + result.reason.replace(' ', '_'))
+        self.stats.record_latencies({'decode': decode_ms, **result.timings_ms,
+                                     'end_to_end': (time.perf_counter() - received) * 1e3})
+
+    def _exclude_recent(self, result: LocalizationResult) -> LocalizationResult:
+        """Drop candidates stamped within ``exclude_recent_s`` of the query.
+
+        When the best candidate is dropped, the next one is accepted on the probability threshold
+        alone (the localizer's temporal check saw the dropped one).
+        """
+        gap_ns = self.params.config().exclude_recent_s * 1e9
+        kept = tuple(c for c in result.candidates if abs(result.stamp_ns - c.stamp_ns) >= gap_ns)
+        if gap_ns <= 0 or len(kept) == len(result.candidates):
+            return result
+        if kept and kept[0] == result.candidates[0]:
+            return replace(result, candidates=kept)
+        accepted = bool(kept) and \
+            kept[0].probability >= self.localizer.config.accept_probability
+        reason = 'accepted' if accepted else ('below threshold' if kept else 'only recent places')
+        return replace(result, candidates=kept, accepted=accepted, reason=reason)
+
+    def _publish(self, image_header: Header, image: np.ndarray,
+                 result: LocalizationResult) -> None:
+        config = self.params.config()
+        header = Header(stamp=image_header.stamp, frame_id=config.map_frame)
+        self.matches_pub.publish(encode_matches(header, result.candidates, result.accepted))
+        best = result.best
+        if result.accepted and config.publish_pose:
+            pose = pose_message(header, result.candidates, config.covariance_candidates,
+                                config.min_position_stddev_m, config.min_yaw_stddev_deg)
+            if pose is not None:
+                self.pose_pub.publish(pose)
+        if result.accepted and config.publish_loop_closure:
+            self.loop_pub.publish(loop_closure_message(result.stamp_ns, best.stamp_ns))
+        if self.markers_pub.get_subscription_count() > 0:
+            self.markers_pub.publish(match_markers(header, best, result.accepted,
+                                                   config.marker_scale_m))
+        if self.debug_pub.get_subscription_count() > 0:
+            self._publish_debug(image_header, image, result)
+
+    def _publish_debug(self, image_header: Header, image: np.ndarray,
+                       result: LocalizationResult) -> None:
+        best = result.best
+        lines = [f'{result.reason}']
+        match = None
+        if best is not None:
+            entry = self.localizer.database.entry(best.map_id)
+            match = _map_image(entry.source)
+            lines += [f'map id {best.map_id}', f'p={best.probability:.3f}',
+                      f'sim={best.global_similarity:.3f}']
+        panel = debug_panel(image, match, lines)
+        msg = image_to_msg(panel, stamp_to_ns(image_header.stamp), image_header.frame_id)
+        self.debug_pub.publish(msg)
+
+    def destroy_node(self) -> None:
+        """Stop the worker thread, then destroy the node."""
+        self._slot.close()
+        if self._worker.is_alive() and threading.current_thread() is not self._worker:
+            self._worker.join(timeout=10.0)
+        super().destroy_node()
+
+
+def main(args: Optional[list] = None) -> int:
+    """Run the ``localize`` node until shutdown (``ros2 run vpr_ros localize``)."""
+    rclpy.init(args=args)
+    try:
+        node = LocalizeNode()
+    except KeyboardInterrupt:
+        rclpy.try_shutdown()
+        return 130
+    except (VprError, ParameterException, ValueError, RuntimeError) as exc:
+        rclpy.logging.get_logger('localize').fatal(f'cannot start: {exc}')
+        rclpy.try_shutdown()
+        return 1
+    try:
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
