@@ -108,7 +108,7 @@ class Localizer:
 
     @property
     def calibration(self) -> Optional[Calibration]:
-        """Return the score calibration (None: the built-in defaults per score kind)."""
+        """Return the score-to-probability mapping; None means the per-score-kind defaults."""
         return self._calibration
 
     @property
