@@ -68,6 +68,10 @@ setup(
             'build_map = vpr_ros.ros.build_map_node:main',
             'vpr-demo-live = vpr_ros.ros.demo_live:main',
             'vpr-bag-play = vpr_ros.ros.bag_player:main',
+            'vpr-eval-live = vpr_ros.ros.replay_evaluation:main',
+            'vpr-train-stage-one = vpr_ros_training.stage_one:main',
+            'vpr-train-stage-two = vpr_ros_training.stage_two:main',
+            'vpr-train-export = vpr_ros_training.export:main',
         ],
     },
 )
