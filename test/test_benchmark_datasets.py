@@ -209,8 +209,8 @@ def test_msls_val_official_index_lists(tmp_path: Path) -> None:
     for name in ('msls_val_dbImages.npy', 'msls_val_qImages.npy', 'msls_val_qIdx.npy'):
         (root / name).write_bytes((lists / name).read_bytes())
     assert read_msls_val(root, cities=('cph',)).num_queries == 1
-    np.save(lists / 'msls_val_qIdx.npy', np.array([[1], [0, 1]], dtype=object),
-            allow_pickle=True)
+    # An object array is stored pickled (np.save's default); the reader must refuse it.
+    np.save(lists / 'msls_val_qIdx.npy', np.array([[1], [0, 1]], dtype=object))
     with pytest.raises(DatasetError, match='unpickling'):
         read_msls_val(root, index_dir=lists, cities=('cph',))
 
