@@ -20,10 +20,6 @@ from typing import Optional
 from geometry_msgs.msg import PoseStamped, PoseWithCovarianceStamped
 from nav_msgs.msg import Odometry
 import numpy as np
-import rclpy
-from rclpy.exceptions import ParameterException
-from rclpy.executors import ExternalShutdownException
-import rclpy.logging
 from std_srvs.srv import Trigger
 
 from vpr_ros.core.config import LocalizerConfig
@@ -36,7 +32,7 @@ from vpr_ros.ros.conversions import (image_from_msg, ImageRejected, pose_from_ms
 from vpr_ros.ros.keyframe_gate import KeyframeGate
 from vpr_ros.ros.node_config import BUILD_MAP_GROUPS
 from vpr_ros.ros.pose_buffer import PoseBuffer
-from vpr_ros.ros.vpr_node import input_qos, VprNode
+from vpr_ros.ros.vpr_node import input_qos, run_node, VprNode
 
 KEYFRAME_QUEUE = 64
 WORKER_POLL_S = 0.2
@@ -258,24 +254,7 @@ class BuildMapNode(VprNode):
 
 def main(args: Optional[list] = None) -> int:
     """Run the ``build_map`` node until shutdown, then save (``ros2 run vpr_ros build_map``)."""
-    rclpy.init(args=args)
-    try:
-        node = BuildMapNode()
-    except KeyboardInterrupt:
-        rclpy.try_shutdown()
-        return 130
-    except (VprError, ParameterException, ValueError, RuntimeError) as exc:
-        rclpy.logging.get_logger('build_map').fatal(f'cannot start: {exc}')
-        rclpy.try_shutdown()
-        return 1
-    try:
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return run_node(BuildMapNode, 'build_map', args)
 
 
 if __name__ == '__main__':

@@ -23,10 +23,6 @@ from typing import Optional
 from geometry_msgs.msg import PoseWithCovarianceStamped
 from nav_msgs.msg import Odometry
 import numpy as np
-import rclpy
-from rclpy.exceptions import ParameterException
-from rclpy.executors import ExternalShutdownException
-import rclpy.logging
 from sensor_msgs.msg import Image, PointCloud2
 from std_msgs.msg import Float64MultiArray, Header
 from std_srvs.srv import SetBool, Trigger
@@ -46,7 +42,7 @@ from vpr_ros.ros.node_config import LOCALIZE_GROUPS
 from vpr_ros.ros.outputs import (debug_panel, loop_closure_message, map_marker, match_markers,
                                  pose_message)
 from vpr_ros.ros.pose_buffer import PoseBuffer
-from vpr_ros.ros.vpr_node import input_qos, VprNode
+from vpr_ros.ros.vpr_node import input_qos, run_node, VprNode
 
 WORKER_POLL_S = 0.2
 MAP_MARKER_PERIOD_S = 5.0
@@ -319,24 +315,7 @@ class LocalizeNode(VprNode):
 
 def main(args: Optional[list] = None) -> int:
     """Run the ``localize`` node until shutdown (``ros2 run vpr_ros localize``)."""
-    rclpy.init(args=args)
-    try:
-        node = LocalizeNode()
-    except KeyboardInterrupt:
-        rclpy.try_shutdown()
-        return 130
-    except (VprError, ParameterException, ValueError, RuntimeError) as exc:
-        rclpy.logging.get_logger('localize').fatal(f'cannot start: {exc}')
-        rclpy.try_shutdown()
-        return 1
-    try:
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return run_node(LocalizeNode, 'localize', args)
 
 
 if __name__ == '__main__':

@@ -4,10 +4,15 @@ import time
 from typing import Callable, Optional, Sequence
 
 from diagnostic_msgs.msg import DiagnosticArray
+import rclpy
+from rclpy.exceptions import ParameterException
+from rclpy.executors import ExternalShutdownException
+import rclpy.logging
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
 
+from vpr_ros.core.errors import VprError
 from vpr_ros.ros.diagnostics import (diagnostic_array, diagnostic_status, DIAGNOSTICS_TOPIC,
                                      NodeStatistics, STATUS_PREFIX)
 from vpr_ros.ros.node_config import ParameterGroup
@@ -79,3 +84,29 @@ class VprNode(Node):
         status = diagnostic_status(STATUS_PREFIX + self.get_fully_qualified_name(),
                                    str(extra.get('device', '')), values, warning)
         self._diagnostics_pub.publish(diagnostic_array(status, self.get_clock().now().to_msg()))
+
+
+def run_node(factory: Callable[[], Node], name: str, args: Optional[list] = None) -> int:
+    """Init rclpy, build the node, spin until shutdown and clean up; return the exit status.
+
+    A node that cannot start (bad parameter, unreadable map or checkpoint) logs the reason and
+    returns 1; Ctrl-C while starting returns 130.
+    """
+    rclpy.init(args=args)
+    try:
+        node = factory()
+    except KeyboardInterrupt:
+        rclpy.try_shutdown()
+        return 130
+    except (VprError, ParameterException, ValueError, RuntimeError) as exc:
+        rclpy.logging.get_logger(name).fatal(f'cannot start: {exc}')
+        rclpy.try_shutdown()
+        return 1
+    try:
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
