@@ -39,6 +39,8 @@ class IndexConfig:
     ivf_nprobe: int = _opt(8, 'IVF-PQ cells visited per query', (1, 65536))
     pq_m: int = _opt(16, 'IVF-PQ sub-quantizers (must divide the descriptor dimension)', (1, 512))
     use_gpu: bool = _opt(True, 'use faiss GPU when it is installed and CUDA is present')
+    search_threads: int = _opt(1, 'OpenMP threads for FAISS on the CPU (process-wide; 0 keeps the '
+                               'FAISS default of one per core)', (0, 1024))
 
     def __post_init__(self) -> None:
         """Validate values."""

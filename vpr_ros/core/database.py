@@ -219,6 +219,10 @@ def _structure(config: IndexConfig) -> tuple:
 
 
 def _set_search_params(index: faiss.Index, config: IndexConfig) -> None:
+    if config.search_threads > 0:
+        # Process-wide: OpenMP spin-waits make multi-threaded single-query search several times
+        # slower when other work shares the CPU (a robot's usual state).
+        faiss.omp_set_num_threads(config.search_threads)
     index = faiss.downcast_index(index)
     if isinstance(index, faiss.IndexHNSW):
         index.hnsw.efSearch = config.hnsw_ef_search
