@@ -1,4 +1,4 @@
-"""The colcon install path: scripts, launch, config and the ament index of an ament_python build."""
+"""The colcon install: scripts, launch, config and the ament index of an ament_python build."""
 
 import os
 from pathlib import Path
