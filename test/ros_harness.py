@@ -6,7 +6,6 @@ concurrent test runs on one machine do not see each other's nodes.
 
 from functools import lru_cache
 import os
-import threading
 import time
 from typing import Callable, Iterable
 
@@ -14,7 +13,7 @@ import cv2
 import numpy as np
 import rclpy
 from rclpy.context import Context
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
 import torch
 
@@ -22,6 +21,7 @@ from vpr_ros.core.config import LocalizerConfig
 from vpr_ros.core.database import MapDatabase
 from vpr_ros.core.geometry import pose_from_xy_yaw
 from vpr_ros.core.localizer import Localizer
+from vpr_ros.ros.vpr_node import spin_in_background
 
 IMAGE_SHAPE = (72, 96)
 MODEL_INPUT = (64, 96)
@@ -95,14 +95,7 @@ class RosGraph:
         rclpy.init(context=self.context, domain_id=domain)
         self.executor = MultiThreadedExecutor(num_threads=4, context=self.context)
         self.nodes: list[Node] = []
-        self._thread = threading.Thread(target=self._spin, daemon=True)
-        self._thread.start()
-
-    def _spin(self) -> None:
-        try:
-            self.executor.spin()
-        except ExternalShutdownException:
-            pass
+        self._thread = spin_in_background(self.executor)
 
     def add(self, node: Node) -> Node:
         """Spin ``node`` from now on and return it."""

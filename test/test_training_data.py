@@ -4,11 +4,11 @@ import csv
 import math
 from pathlib import Path
 
-from conftest import REPO_ROOT
 import cv2
 import numpy as np
 import pytest
 import torch
+from training_fixtures import CONFIGS
 from vpr_ros.core.errors import ConfigError, DatasetError
 from vpr_ros_training.augmentation import PairAugmentation, PlaceAugmentation
 from vpr_ros_training.config import config_as_dict, load_config, parse_config
@@ -24,7 +24,6 @@ from vpr_ros_training.sfxl import ViewRule
 from vpr_ros_training.synthetic import render_places
 from vpr_ros_training.traversal import read_traversal_eval, read_traversal_places
 
-CONFIGS = REPO_ROOT / 'training' / 'vpr_ros_training' / 'configs'
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 
 

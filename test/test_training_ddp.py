@@ -10,9 +10,9 @@ from conftest import REPO_ROOT
 import pytest
 from safetensors.torch import load_file
 import torch
+from training_fixtures import CONFIGS
 
 WORKER = Path(__file__).with_name('training_ddp_worker.py')
-CONFIGS = REPO_ROOT / 'training' / 'vpr_ros_training' / 'configs'
 TIMEOUT_S = 300
 
 

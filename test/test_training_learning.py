@@ -7,9 +7,10 @@ the untrained model (same architecture and seed, random weights) is measured in 
 from dataclasses import replace
 from pathlib import Path
 
-from conftest import REPO_ROOT
 import pytest
 import torch
+from training_fixtures import CONFIGS, quiet
+from training_fixtures import one_thread  # noqa: F401  (autouse fixture)
 from vpr_ros.core.models.checkpoint import load_checkpoint
 from vpr_ros_training.config import load_config, StageOneConfig, StageTwoConfig
 from vpr_ros_training.evaluation import evaluate
@@ -17,22 +18,6 @@ from vpr_ros_training.initialization import build_model
 from vpr_ros_training.sources import load_eval_sets
 from vpr_ros_training.stage_one import run_stage_one
 from vpr_ros_training.stage_two import run_stage_two
-
-CONFIGS = REPO_ROOT / 'training' / 'vpr_ros_training' / 'configs'
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Run single-threaded: deterministic CPU kernels, and fair to a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def quiet(iterable, total):
-    """Return the batches without a progress bar."""
-    return iterable
 
 
 def train_two_stages(tmp_path: Path, overrides: list[str], one_overrides: list[str],

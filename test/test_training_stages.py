@@ -6,10 +6,11 @@ import json
 from pathlib import Path
 import sys
 
-from conftest import REPO_ROOT
 import pytest
 from safetensors.torch import load_file, save_file
 import torch
+from training_fixtures import CONFIGS, quiet
+from training_fixtures import one_thread  # noqa: F401  (autouse fixture)
 from vpr_ros.core.errors import CheckpointError
 from vpr_ros.core.models.checkpoint import load_checkpoint, to_official_state_dict
 from vpr_ros.core.models.pair_decoder import interpolate_decoder_pos_embed
@@ -22,22 +23,7 @@ from vpr_ros_training.stage_one import run_stage_one
 from vpr_ros_training.stage_two import LinearSchedule, run_stage_two
 from vpr_ros_training.trainer import Trainer, TrainingError
 
-CONFIGS = REPO_ROOT / 'training' / 'vpr_ros_training' / 'configs'
 ROUTE = '{kind: route, seed: %d, frames: 40, image_size: [48, 64], spacing_m: 3.0}'
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Run single-threaded: deterministic CPU kernels, and fair to a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def quiet(iterable, total):
-    """Return the batches without a progress bar."""
-    return iterable
 
 
 def stage_configs(tmp_path: Path, sources: str, eval_sources: str, steps: int,

@@ -8,16 +8,15 @@ the reported loss and every parameter's (all-reduced) gradient to ``OUT`` (safet
 
 import sys
 
-from conftest import REPO_ROOT
 from safetensors.torch import save_file
 import torch
+from training_fixtures import CONFIGS
 from vpr_ros_training import stage_one, stage_two
 from vpr_ros_training.config import load_config, StageOneConfig, StageTwoConfig
 from vpr_ros_training.distributed import init_distributed, shutdown
 from vpr_ros_training.run_folder import make_deterministic
 from vpr_ros_training.trainer import Trainer
 
-CONFIGS = REPO_ROOT / 'training' / 'vpr_ros_training' / 'configs'
 STAGES = {'one': (stage_one, StageOneConfig, 'tiny_stage_one.yaml'),
           'two': (stage_two, StageTwoConfig, 'tiny_stage_two.yaml')}
 

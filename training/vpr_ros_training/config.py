@@ -6,7 +6,7 @@ dataclasses; unknown keys are rejected by name. ``data.sources`` is a list of ty
 selected by ``kind``.
 """
 
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, fields, is_dataclass
 import math
 import os
 from pathlib import Path
@@ -14,7 +14,7 @@ import tempfile
 import typing
 from typing import Any, ClassVar, Sequence, Type, TypeVar
 
-from vpr_ros.core.config import validate
+from vpr_ros.core.config import option, validate
 from vpr_ros.core.errors import ConfigError
 import yaml
 
@@ -22,19 +22,6 @@ T = TypeVar('T')
 
 PRECISIONS = ('fp32', 'bf16')
 DEVICES = ('auto', 'cpu', 'cuda')
-
-
-def option(default: Any, help_text: str, value_range: tuple | None = None,
-           choices: tuple | None = None) -> Any:
-    """Return a dataclass field carrying its help text, numeric range and allowed values."""
-    metadata = {'help': help_text}
-    if value_range is not None:
-        metadata['range'] = value_range
-    if choices is not None:
-        metadata['choices'] = choices
-    if isinstance(default, (dict, list)):
-        return field(default_factory=lambda: type(default)(default), metadata=metadata)
-    return field(default=default, metadata=metadata)
 
 
 class SourceConfig:

@@ -17,13 +17,27 @@ DEVICES = ('auto', 'cpu', 'cuda')
 PRECISIONS = ('fp32', 'fp16', 'bf16')
 
 
-def _opt(default: Any, help_text: str, value_range: tuple | None = None,
-         choices: tuple | None = None) -> Any:
-    metadata = {'help': help_text}
+def option(default: Any, help_text: str, value_range: tuple | None = None,
+           choices: tuple | None = None, runtime: bool = False) -> Any:
+    """Return a config dataclass field carrying its help text and optional constraints.
+
+    Args:
+        default: the default value; a ``dict`` or ``list`` default is copied for each instance.
+        help_text: description stored as ``metadata['help']``.
+        value_range: ``(min, max)`` checked by :func:`validate` (``metadata['range']``).
+        choices: allowed values checked by :func:`validate` (``metadata['choices']``).
+        runtime: mark a ROS parameter that may change while the node runs
+            (``metadata['runtime']``, stored only when true).
+    """
+    metadata: dict = {'help': help_text}
     if value_range is not None:
         metadata['range'] = value_range
     if choices is not None:
         metadata['choices'] = choices
+    if runtime:
+        metadata['runtime'] = True
+    if isinstance(default, (dict, list)):
+        return field(default_factory=lambda: type(default)(default), metadata=metadata)
     return field(default=default, metadata=metadata)
 
 
@@ -31,16 +45,17 @@ def _opt(default: Any, help_text: str, value_range: tuple | None = None,
 class IndexConfig:
     """How the map's FAISS index is built."""
 
-    kind: str = _opt('flat', 'index kind: flat (exact inner product), hnsw or ivfpq',
-                     choices=INDEX_KINDS)
-    hnsw_m: int = _opt(32, 'HNSW neighbours per node', (4, 256))
-    hnsw_ef_search: int = _opt(128, 'HNSW search breadth', (1, 4096))
-    ivf_nlist: int = _opt(64, 'IVF-PQ coarse cells', (1, 65536))
-    ivf_nprobe: int = _opt(8, 'IVF-PQ cells visited per query', (1, 65536))
-    pq_m: int = _opt(16, 'IVF-PQ sub-quantizers (must divide the descriptor dimension)', (1, 512))
-    use_gpu: bool = _opt(True, 'use faiss GPU when it is installed and CUDA is present')
-    search_threads: int = _opt(1, 'OpenMP threads for FAISS on the CPU (process-wide; 0 keeps the '
-                               'FAISS default of one per core)', (0, 1024))
+    kind: str = option('flat', 'index kind: flat (exact inner product), hnsw or ivfpq',
+                       choices=INDEX_KINDS)
+    hnsw_m: int = option(32, 'HNSW neighbours per node', (4, 256))
+    hnsw_ef_search: int = option(128, 'HNSW search breadth', (1, 4096))
+    ivf_nlist: int = option(64, 'IVF-PQ coarse cells', (1, 65536))
+    ivf_nprobe: int = option(8, 'IVF-PQ cells visited per query', (1, 65536))
+    pq_m: int = option(16, 'IVF-PQ sub-quantizers (must divide the descriptor dimension)',
+                       (1, 512))
+    use_gpu: bool = option(True, 'use faiss GPU when it is installed and CUDA is present')
+    search_threads: int = option(1, 'OpenMP threads for FAISS on the CPU (process-wide; 0 keeps '
+                                 'the FAISS default of one per core)', (0, 1024))
 
     def __post_init__(self) -> None:
         """Validate values."""
@@ -51,21 +66,21 @@ class IndexConfig:
 class LocalizerConfig:
     """Localization pipeline: shortlist, re-ranking and acceptance."""
 
-    top_k: int = _opt(100, 'candidates shortlisted by global search and re-ranked', (1, 10000))
-    rerank: bool = _opt(True, 're-rank the shortlist with the pair classifier '
-                        '(when the model has one)')
-    rerank_batch_size: int = _opt(50, 'candidate pairs scored per pair-classifier batch',
-                                  (1, 4096))
-    accept_probability: float = _opt(0.5, 'accept a match whose calibrated probability reaches it',
-                                     (0.0, 1.0))
-    temporal_window: int = _opt(0, 'accept only if the last N accepted matches agree (0 = off)',
-                                (0, 100))
-    temporal_max_distance_m: float = _opt(10.0, 'distance within which consecutive matches agree',
-                                          (0.0, 1e6))
-    batch_size: int = _opt(16, 'images per descriptor-extraction batch', (1, 1024))
-    device: str = _opt('auto', 'inference device: auto, cpu or cuda', choices=DEVICES)
-    precision: str = _opt('fp32', 'autocast precision on CUDA: fp32, fp16 or bf16',
-                          choices=PRECISIONS)
+    top_k: int = option(100, 'candidates shortlisted by global search and re-ranked', (1, 10000))
+    rerank: bool = option(True, 're-rank the shortlist with the pair classifier '
+                          '(when the model has one)')
+    rerank_batch_size: int = option(50, 'candidate pairs scored per pair-classifier batch',
+                                    (1, 4096))
+    accept_probability: float = option(0.5, 'accept a match whose calibrated probability '
+                                       'reaches it', (0.0, 1.0))
+    temporal_window: int = option(0, 'accept only if the last N accepted matches agree (0 = off)',
+                                  (0, 100))
+    temporal_max_distance_m: float = option(10.0, 'distance within which consecutive matches '
+                                            'agree', (0.0, 1e6))
+    batch_size: int = option(16, 'images per descriptor-extraction batch', (1, 1024))
+    device: str = option('auto', 'inference device: auto, cpu or cuda', choices=DEVICES)
+    precision: str = option('fp32', 'autocast precision on CUDA: fp32, fp16 or bf16',
+                            choices=PRECISIONS)
 
     def __post_init__(self) -> None:
         """Validate values."""

@@ -11,7 +11,7 @@ dusk light with long shadows, warm colours and lit windows, a lateral offset, ya
 and sampling positions that fall between the map's.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 import functools
 import logging
 import math
@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 
 from vpr_ros.core.bag import write_frames
-from vpr_ros.core.config import validate
+from vpr_ros.core.config import option, validate
 from vpr_ros.core.errors import ConfigError
 from vpr_ros.core.frame import Frame
 from vpr_ros.core.geometry import pose_from_xy_yaw
@@ -43,28 +43,22 @@ _START_NS = 1_700_000_000 * 10**9
 _TRAVERSAL_GAP_NS = 3 * 3600 * 10**9
 
 
-def _opt(default: Any, help_text: str, value_range: Optional[tuple] = None) -> Any:
-    metadata = {'help': help_text}
-    if value_range is not None:
-        metadata['range'] = value_range
-    return field(default=default, metadata=metadata)
-
-
 @dataclass(frozen=True)
 class RouteConfig:
     """The procedural route: its size, the camera and how the two traversals differ."""
 
-    seed: int = _opt(7, 'seed of every texture, landmark and jitter')
-    length_m: float = _opt(120.0, 'length of the closed L-shaped route in metres', (80.0, 2000.0))
-    frames_per_traversal: int = _opt(120, 'frames rendered per traversal', (2, 100000))
-    image_size: tuple[int, int] = _opt((240, 320), 'image (height, width) in pixels')
-    fov_deg: float = _opt(70.0, 'horizontal field of view in degrees', (20.0, 150.0))
-    street_width_m: float = _opt(8.0, 'distance between the two facades', (5.0, 12.0))
-    camera_height_m: float = _opt(1.6, 'camera height above the street', (0.3, 4.0))
-    frame_rate_hz: float = _opt(10.0, 'frame rate that sets the time stamps', (0.1, 1000.0))
-    query_lateral_offset_m: float = _opt(0.6, 'mean lateral offset of the query camera',
-                                         (0.0, 2.0))
-    query_yaw_jitter_deg: float = _opt(3.0, 'amplitude of the query yaw jitter', (0.0, 20.0))
+    seed: int = option(7, 'seed of every texture, landmark and jitter')
+    length_m: float = option(120.0, 'length of the closed L-shaped route in metres',
+                             (80.0, 2000.0))
+    frames_per_traversal: int = option(120, 'frames rendered per traversal', (2, 100000))
+    image_size: tuple[int, int] = option((240, 320), 'image (height, width) in pixels')
+    fov_deg: float = option(70.0, 'horizontal field of view in degrees', (20.0, 150.0))
+    street_width_m: float = option(8.0, 'distance between the two facades', (5.0, 12.0))
+    camera_height_m: float = option(1.6, 'camera height above the street', (0.3, 4.0))
+    frame_rate_hz: float = option(10.0, 'frame rate that sets the time stamps', (0.1, 1000.0))
+    query_lateral_offset_m: float = option(0.6, 'mean lateral offset of the query camera',
+                                           (0.0, 2.0))
+    query_yaw_jitter_deg: float = option(3.0, 'amplitude of the query yaw jitter', (0.0, 20.0))
 
     def __post_init__(self) -> None:
         """Validate values, the image size and that the loop fits the street width."""

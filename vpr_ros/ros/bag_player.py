@@ -25,18 +25,18 @@ from typing import Iterable, Optional
 from nav_msgs.msg import Odometry
 import rclpy
 from rclpy.context import Context
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import CompressedImage, Image, PointCloud2
 
 from vpr_ros.core.bag import read_frames
-from vpr_ros.core.config import validate
+from vpr_ros.core.config import option, validate
 from vpr_ros.core.frame import Frame
 from vpr_ros.ros.conversions import (compressed_to_msg, image_to_msg, ns_to_stamp, pose_to_msg,
                                      stamp_to_ns)
-from vpr_ros.ros.node_config import option, RELIABILITIES
-from vpr_ros.ros.vpr_node import input_qos
+from vpr_ros.ros.node_config import RELIABILITIES
+from vpr_ros.ros.vpr_node import input_qos, spin_in_background
 
 NS_PER_S = 1e9
 
@@ -101,14 +101,7 @@ class BagPlayer:
                                                           self._on_ack, 100)
         self._executor = SingleThreadedExecutor(context=context)
         self._executor.add_node(self.node)
-        self._spinner = threading.Thread(target=self._spin, name='vpr_bag_player', daemon=True)
-        self._spinner.start()
-
-    def _spin(self) -> None:
-        try:
-            self._executor.spin()
-        except ExternalShutdownException:
-            pass
+        self._spinner = spin_in_background(self._executor, name='vpr_bag_player')
 
     def _on_ack(self, msg: PointCloud2) -> None:
         with self._ack_cond:

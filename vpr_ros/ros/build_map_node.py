@@ -27,8 +27,7 @@ from vpr_ros.core.database import MapDatabase
 from vpr_ros.core.errors import ConfigError, VprError
 from vpr_ros.core.geometry import Pose
 from vpr_ros.core.localizer import load_model, Localizer
-from vpr_ros.ros.conversions import (image_from_msg, ImageRejected, pose_from_msg, PoseRejected,
-                                     stamp_to_ns)
+from vpr_ros.ros.conversions import pose_from_msg, PoseRejected, stamp_to_ns
 from vpr_ros.ros.keyframe_gate import KeyframeGate
 from vpr_ros.ros.node_config import BUILD_MAP_GROUPS
 from vpr_ros.ros.pose_buffer import PoseBuffer
@@ -108,10 +107,8 @@ class BuildMapNode(VprNode):
             self.reject('out_of_order_stamp', f'image stamp {stamp_ns} ns is not newer than '
                         f'{self._last_image_ns} ns')
             return
-        try:
-            image = image_from_msg(msg)
-        except ImageRejected as exc:
-            self.reject(exc.reason, str(exc))
+        image = self.decode_image(msg)
+        if image is None:
             return
         self._last_image_ns = stamp_ns
         self._pending.append((stamp_ns, image, msg.header.frame_id))

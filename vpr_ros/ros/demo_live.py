@@ -10,14 +10,13 @@ import argparse
 from pathlib import Path
 import shutil
 import sys
-import threading
 import time
 from typing import Iterator, Optional, Sequence
 
 import numpy as np
 import rclpy
 from rclpy.context import Context
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 
@@ -31,6 +30,7 @@ from vpr_ros.ros.bag_player import BagPlayer, PlayerConfig
 from vpr_ros.ros.localize_node import LocalizeNode
 from vpr_ros.ros.matches import decode_matches
 from vpr_ros.ros.output_monitor import OutputMonitor
+from vpr_ros.ros.vpr_node import spin_in_background
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / 'weights' / 'pairvpr_lite.safetensors'
 OUTPUTS = ('pose', 'loop_closure', 'matches', 'markers', 'debug_image')
@@ -87,13 +87,6 @@ def accuracy_lines(monitor: OutputMonitor, truth: dict, radius_m: float) -> list
             f'accepted matches: {len(accepted)}, of which correct: {sum(accepted)}']
 
 
-def _spin(executor: MultiThreadedExecutor) -> None:
-    try:
-        executor.spin()
-    except ExternalShutdownException:
-        pass
-
-
 def run_live(localizer: Localizer, paths, map_dir: Path, args: argparse.Namespace) -> int:
     """Start the node and a monitor, play the query bag into it, print what arrived."""
     context = Context()
@@ -105,7 +98,7 @@ def run_live(localizer: Localizer, paths, map_dir: Path, args: argparse.Namespac
     monitor = OutputMonitor(probe, '/localize', outputs=OUTPUTS)
     for each in (node, probe):
         executor.add_node(each)
-    threading.Thread(target=_spin, args=(executor,), daemon=True).start()
+    spin_in_background(executor)
     player = BagPlayer(PlayerConfig(image_topic='image', lock_step=not args.real_time,
                                     wait_topic='/localize/matches', speed=args.speed),
                        context=context)

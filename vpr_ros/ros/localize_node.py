@@ -33,8 +33,7 @@ from vpr_ros.core.errors import ImageDecodeError, VprError
 from vpr_ros.core.geometry import positions_array
 from vpr_ros.core.image_codec import read_image_file
 from vpr_ros.core.localizer import load_model, LocalizationResult, Localizer
-from vpr_ros.ros.conversions import (image_from_msg, image_to_msg, ImageRejected,
-                                     pose_from_msg, PoseRejected, stamp_to_ns)
+from vpr_ros.ros.conversions import image_to_msg, pose_from_msg, PoseRejected, stamp_to_ns
 from vpr_ros.ros.keyframe_gate import KeyframeGate
 from vpr_ros.ros.latest_slot import LatestSlot
 from vpr_ros.ros.matches import encode_matches
@@ -240,10 +239,8 @@ class LocalizeNode(VprNode):
             self.stats.count('skipped_keyframe_gate')
             return
         start = time.perf_counter()
-        try:
-            image = image_from_msg(msg)
-        except ImageRejected as exc:
-            self.reject(exc.reason, str(exc))
+        image = self.decode_image(msg)
+        if image is None:
             return
         decode_ms = (time.perf_counter() - start) * 1e3
         self._last_stamp_ns = stamp_ns

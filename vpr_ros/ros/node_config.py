@@ -9,25 +9,14 @@ parameters under which prefix; ``config/localize.yaml`` and ``config/build_map.y
 those keys (test-enforced).
 """
 
-from dataclasses import dataclass, field, fields
-from typing import Any, Optional
+from dataclasses import dataclass, fields
+from typing import Optional
 
-from vpr_ros.core.config import IndexConfig, LocalizerConfig, validate
+from vpr_ros.core.config import IndexConfig, LocalizerConfig, option, validate
 
 RELIABILITIES = ('best_effort', 'reliable')
 POSE_SOURCES = ('odometry', 'pose_stamped', 'pose_with_covariance')
 DEFAULT_MODEL = 'efficientnet_lite0_gem'
-
-
-def option(default: Any, help_text: str, value_range: Optional[tuple] = None,
-           choices: Optional[tuple] = None, runtime: bool = False) -> Any:
-    """Return a dataclass field with ``help``, ``range``, ``choices`` and ``runtime`` metadata."""
-    metadata: dict = {'help': help_text, 'runtime': runtime}
-    if value_range is not None:
-        metadata['range'] = value_range
-    if choices is not None:
-        metadata['choices'] = choices
-    return field(default=default, metadata=metadata)
 
 
 @dataclass(frozen=True)

@@ -38,18 +38,18 @@ from geometry_msgs.msg import PoseWithCovarianceStamped
 import numpy as np
 import rclpy
 from rclpy.context import Context
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile
 from sensor_msgs.msg import PointCloud2
 from std_msgs.msg import Float64MultiArray
-from tqdm import tqdm
 
 from vpr_ros.core.benchmark_datasets import DEFAULT_RADIUS_M, EvalDataset, read_bag_pair
-from vpr_ros.core.cli.arguments import configure_logging
-from vpr_ros.core.config import (config_to_dict, DEVICES, LocalizerConfig, PRECISIONS,
-                                 validate)
+from vpr_ros.core.cli.arguments import config_from_args, run_command
+from vpr_ros.core.cli.vpr_eval import (add_evaluation_arguments, bag_pair_options,
+                                       print_recalls, progress_bar)
+from vpr_ros.core.config import config_to_dict, LocalizerConfig, option, validate
 from vpr_ros.core.database import MapDatabase
 from vpr_ros.core.errors import VprError
 from vpr_ros.core.evaluation import (build_map, EvalResult, make_localizer, Match,
@@ -62,7 +62,8 @@ from vpr_ros.ros.bag_player import BagPlayer, PlaybackReport, PlayerConfig
 from vpr_ros.ros.conversions import pose_from_msg, PoseRejected, stamp_to_ns
 from vpr_ros.ros.localize_node import LocalizeNode
 from vpr_ros.ros.matches import decode_matches, Matches
-from vpr_ros.ros.node_config import DEFAULT_MODEL, option, RELIABILITIES
+from vpr_ros.ros.node_config import DEFAULT_MODEL, RELIABILITIES
+from vpr_ros.ros.vpr_node import spin_in_background
 
 LOGGER = logging.getLogger(__name__)
 
@@ -330,13 +331,6 @@ def match_from_message(decoded: Matches, latency_ms: Optional[float] = None) -> 
 
 # ---------------------------------------------------------------------------- the replay
 
-def _spin(executor: MultiThreadedExecutor) -> None:
-    try:
-        executor.spin()
-    except ExternalShutdownException:
-        pass
-
-
 class LiveGraph:
     """The node under test, a recorder node and a timed player on one context.
 
@@ -352,8 +346,7 @@ class LiveGraph:
         self.recorder = OutputRecorder(self._probe, self.node.get_fully_qualified_name())
         for node in (self.node, self._probe):
             self._executor.add_node(node)
-        self._thread = threading.Thread(target=_spin, args=(self._executor,), daemon=True)
-        self._thread.start()
+        self._thread = spin_in_background(self._executor)
         self.player = TimedPlayer(self._player_config(), context=context,
                                   node_name='vpr_eval_live_player')
 
@@ -606,31 +599,11 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--map-bag', required=True, help='the map traversal (rosbag2 bag)')
     parser.add_argument('--query-bag', required=True, help='the query traversal, played live')
-    parser.add_argument('--out', required=True, help='report folder to write')
     parser.add_argument('--map', default=None, help='map directory built from the map bag '
                         '(default: build one with the core into <out>/map)')
-    models = parser.add_mutually_exclusive_group()
-    models.add_argument('--model', default=None, help=f'registry model (default: {DEFAULT_MODEL})')
-    models.add_argument('--checkpoint', default=None, help='vpr_ros safetensors checkpoint')
-    _add_dataset_options(parser)
     _add_replay_options(parser)
-    _add_localizer_options(parser)
-    parser.add_argument('--verbose', action='store_true', help='log progress details')
+    add_evaluation_arguments(parser)
     return parser
-
-
-def _add_dataset_options(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group('ground truth')
-    group.add_argument('--image-topic', default='camera/image_raw',
-                       help='image topic in both bags (default: %(default)s)')
-    group.add_argument('--pose-topic', default='camera/pose',
-                       help='pose / odometry topic in both bags (default: %(default)s)')
-    group.add_argument('--radius', type=float, default=DEFAULT_RADIUS_M,
-                       help='positive radius in metres (default: %(default)s)')
-    group.add_argument('--max-yaw-deg', type=float, default=None,
-                       help='also require headings within this many degrees')
-    group.add_argument('--recall-values', type=int, nargs='+', default=DEFAULT_RECALL_VALUES,
-                       help='N of Recall@N (default: %(default)s)')
 
 
 def _add_replay_options(parser: argparse.ArgumentParser) -> None:
@@ -647,50 +620,22 @@ def _add_replay_options(parser: argparse.ArgumentParser) -> None:
                        help='namespace of the node under test (default: %(default)s)')
 
 
-def _add_localizer_options(parser: argparse.ArgumentParser) -> None:
-    defaults = LocalizerConfig()
-    group = parser.add_argument_group('localizer')
-    group.add_argument('--top-k', type=int, default=defaults.top_k,
-                       help='shortlist size searched and re-ranked (default: %(default)s)')
-    group.add_argument('--rerank', action=argparse.BooleanOptionalAction, default=True,
-                       help='re-rank when the model has a pair classifier (default: %(default)s)')
-    group.add_argument('--batch-size', type=int, default=defaults.batch_size,
-                       help='map images per descriptor batch (default: %(default)s)')
-    group.add_argument('--device', default=defaults.device, choices=DEVICES,
-                       help='inference device (default: %(default)s)')
-    group.add_argument('--precision', default=defaults.precision, choices=PRECISIONS,
-                       help='autocast precision on CUDA (default: %(default)s)')
-    group.add_argument('--accept-probability', type=float,
-                       default=defaults.accept_probability,
-                       help='accept threshold of the node (default: %(default)s)')
-
-
-def _configs(args: argparse.Namespace) -> tuple[LocalizerConfig, ReplayConfig]:
-    config = LocalizerConfig(top_k=args.top_k, rerank=args.rerank, batch_size=args.batch_size,
-                             device=args.device, precision=args.precision,
-                             accept_probability=args.accept_probability)
-    replay = ReplayConfig(lock_step=not args.real_time, speed=args.speed,
-                          wait_timeout_s=args.timeout, namespace=args.namespace)
-    return config, replay
-
-
-def _progress(items: Iterable, description: str, total: int) -> Iterable:
-    return tqdm(items, desc=description, total=total, unit='img')
+def _replay_config(args: argparse.Namespace) -> ReplayConfig:
+    return ReplayConfig(lock_step=not args.real_time, speed=args.speed,
+                        wait_timeout_s=args.timeout, namespace=args.namespace)
 
 
 def run(args: argparse.Namespace) -> int:
     """Read the bags, build or open the map, replay live, write the report, print the line."""
-    max_yaw = None if args.max_yaw_deg is None else math.radians(args.max_yaw_deg)
-    dataset = read_bag_pair(args.map_bag, args.query_bag, args.image_topic, args.pose_topic,
-                            args.radius, max_yaw)
+    dataset = read_bag_pair(args.map_bag, args.query_bag, **bag_pair_options(args))
     print(f'{dataset.name}: {dataset.num_queries} queries, {dataset.num_database} map frames, '
           f'{dataset.queries_without_positives} queries without a positive')
-    config, replay = _configs(args)
+    config, replay = config_from_args(LocalizerConfig, args), _replay_config(args)
     model = load_model(args.checkpoint, args.model)
     map_path = args.map or build_map_dir(model, dataset, config, Path(args.out) / 'map',
-                                         _progress)
+                                         progress_bar)
     setup = NodeSetup(str(map_path), config, model)
-    live = evaluate_live(dataset, setup, replay, tuple(args.recall_values), _progress)
+    live = evaluate_live(dataset, setup, replay, tuple(args.recall_values), progress_bar)
     write_report(live.result, args.out)
     _print_summary(live)
     return 0
@@ -701,22 +646,13 @@ def _print_summary(live: LiveEvaluation) -> None:
     print(f'{live.result.settings["replay"]}: published {counts["frames_published"]} frames, '
           f'{counts["frames_answered"]} answered, {counts["frames_dropped"]} dropped '
           f'(counted as misses)')
-    result = live.result
-    if result.recalls_before_rerank is not None:
-        before = ', '.join(f'R@{n}: {v:.1f}' for n, v in result.recalls_before_rerank.items())
-        print(f'before re-ranking: {before}')
-    print(result.summary_line())
+    print_recalls(live.result)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of ``vpr-eval-live``; returns the process exit status."""
-    args = build_parser().parse_args(argv)
-    configure_logging(args.verbose)
     try:
-        return run(args)
-    except VprError as exc:
-        print(f'error: {exc}', file=sys.stderr)
-        return 1
+        return run_command(build_parser(), run, argv)
     except KeyboardInterrupt:
         return 130
 

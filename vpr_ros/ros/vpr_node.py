@@ -1,18 +1,21 @@
 """Shared base of the vpr_ros nodes: typed parameters, image input, rejections and /diagnostics."""
 
+import threading
 import time
 from typing import Callable, Optional, Sequence
 
 from diagnostic_msgs.msg import DiagnosticArray
+import numpy as np
 import rclpy
 from rclpy.exceptions import ParameterException
-from rclpy.executors import ExternalShutdownException
+from rclpy.executors import Executor, ExternalShutdownException
 import rclpy.logging
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
 
 from vpr_ros.core.errors import VprError
+from vpr_ros.ros.conversions import image_from_msg, ImageRejected
 from vpr_ros.ros.diagnostics import (diagnostic_array, diagnostic_status, DIAGNOSTICS_TOPIC,
                                      NodeStatistics, STATUS_PREFIX)
 from vpr_ros.ros.node_config import ParameterGroup
@@ -77,6 +80,14 @@ class VprNode(Node):
             total = self.stats.rejections().get(reason, 0)
             self.get_logger().warning(f'rejected input ({reason}, {total} so far): {detail}')
 
+    def decode_image(self, msg) -> Optional[np.ndarray]:
+        """Return the RGB image of ``msg``, or None after rejecting a malformed message."""
+        try:
+            return image_from_msg(msg)
+        except ImageRejected as exc:
+            self.reject(exc.reason, str(exc))
+            return None
+
     def publish_diagnostics(self) -> None:
         """Publish one DiagnosticArray with the statistics and the node-specific values."""
         extra, warning = self.diagnostic_values()
@@ -84,6 +95,20 @@ class VprNode(Node):
         status = diagnostic_status(STATUS_PREFIX + self.get_fully_qualified_name(),
                                    str(extra.get('device', '')), values, warning)
         self._diagnostics_pub.publish(diagnostic_array(status, self.get_clock().now().to_msg()))
+
+
+def spin_in_background(executor: Executor, name: Optional[str] = None) -> threading.Thread:
+    """Spin ``executor`` on a daemon thread until its context shuts down; return the thread."""
+    thread = threading.Thread(target=_spin_quietly, args=(executor,), name=name, daemon=True)
+    thread.start()
+    return thread
+
+
+def _spin_quietly(executor: Executor) -> None:
+    try:
+        executor.spin()
+    except ExternalShutdownException:
+        pass
 
 
 def run_node(factory: Callable[[], Node], name: str, args: Optional[list] = None) -> int:

@@ -3,10 +3,12 @@
 import argparse
 from dataclasses import fields, MISSING
 import logging
+import sys
 import typing
-from typing import Type, TypeVar
+from typing import Callable, Optional, Sequence, Type, TypeVar
 
 from vpr_ros.core.config import config_from_dict
+from vpr_ros.core.errors import VprError
 
 T = TypeVar('T')
 
@@ -57,3 +59,20 @@ def configure_logging(verbose: bool) -> None:
     """Send library logs to stderr (INFO with ``--verbose``, WARNING otherwise)."""
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format='%(levelname)s %(name)s: %(message)s')
+
+
+def run_command(parser: argparse.ArgumentParser,
+                command: Callable[[argparse.Namespace], int],
+                argv: Optional[Sequence[str]] = None) -> int:
+    """Parse ``argv``, configure logging (``--verbose``) and return ``command(args)``.
+
+    A :class:`~vpr_ros.core.errors.VprError` is printed as ``error: ...`` on stderr and gives
+    exit status 1.
+    """
+    args = parser.parse_args(argv)
+    configure_logging(args.verbose)
+    try:
+        return command(args)
+    except VprError as exc:
+        print(f'error: {exc}', file=sys.stderr)
+        return 1

@@ -12,8 +12,7 @@ from typing import Optional, Sequence
 from tqdm import tqdm
 
 from vpr_ros.core.cli.arguments import (add_config_arguments, add_input_arguments,
-                                        add_model_arguments, config_from_args,
-                                        configure_logging)
+                                        add_model_arguments, config_from_args, run_command)
 from vpr_ros.core.config import LocalizerConfig
 from vpr_ros.core.errors import VprError
 from vpr_ros.core.frame import Frame
@@ -69,34 +68,33 @@ def write_rows(rows: list[dict], out: Path) -> None:
     os.replace(tmp, out)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Entry point of ``vpr-localize``; returns the process exit status."""
-    args = build_parser().parse_args(argv)
-    configure_logging(args.verbose)
+def localize(args: argparse.Namespace) -> int:
+    """Localize every input frame against the map, write the rows and print a summary."""
     out = Path(args.out)
     if out.suffix not in ('.csv', '.json'):
         print(f'error: --out must end in .csv or .json, got {out}', file=sys.stderr)
         return 2
-    try:
-        if not Path(args.map).exists():
-            raise VprError(f'map {args.map} does not exist (build it with vpr-map build)')
-        localizer = load_localizer(args.map, args.checkpoint, args.model,
-                                   config_from_args(LocalizerConfig, args))
-        frames = open_frames(args.input, args.image_topic, args.pose_topic, args.poses_csv)
-        rows, index, accepted = [], 0, 0
-        for batch in batched(tqdm(frames, desc='queries', unit='img'), args.batch_size):
-            results = localizer.localize_batch([f.image for f in batch],
-                                               [f.stamp_ns for f in batch])
-            for frame, result in zip(batch, results):
-                rows += result_rows(index, frame, result, args.candidates)
-                accepted += result.accepted
-                index += 1
-        write_rows(rows, out)
-    except VprError as exc:
-        print(f'error: {exc}', file=sys.stderr)
-        return 1
+    if not Path(args.map).exists():
+        raise VprError(f'map {args.map} does not exist (build it with vpr-map build)')
+    localizer = load_localizer(args.map, args.checkpoint, args.model,
+                               config_from_args(LocalizerConfig, args))
+    frames = open_frames(args.input, args.image_topic, args.pose_topic, args.poses_csv)
+    rows, index, accepted = [], 0, 0
+    for batch in batched(tqdm(frames, desc='queries', unit='img'), args.batch_size):
+        results = localizer.localize_batch([f.image for f in batch],
+                                           [f.stamp_ns for f in batch])
+        for frame, result in zip(batch, results):
+            rows += result_rows(index, frame, result, args.candidates)
+            accepted += result.accepted
+            index += 1
+    write_rows(rows, out)
     print(f'{index} queries, {accepted} accepted matches -> {out}')
     return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of ``vpr-localize``; returns the process exit status."""
+    return run_command(build_parser(), localize, argv)
 
 
 if __name__ == '__main__':

@@ -9,11 +9,9 @@ from typing import Optional, Sequence
 from tqdm import tqdm
 
 from vpr_ros.core.cli.arguments import (add_config_arguments, add_input_arguments,
-                                        add_model_arguments, config_from_args,
-                                        configure_logging)
+                                        add_model_arguments, config_from_args, run_command)
 from vpr_ros.core.config import IndexConfig, LocalizerConfig
 from vpr_ros.core.database import MapDatabase
-from vpr_ros.core.errors import VprError
 from vpr_ros.core.frame_source import open_frames
 from vpr_ros.core.localizer import load_localizer
 from vpr_ros.core.mapping import add_frames
@@ -84,13 +82,8 @@ def summarize(database: MapDatabase) -> dict:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of ``vpr-map``; returns the process exit status."""
-    args = build_parser().parse_args(argv)
-    configure_logging(args.verbose)
-    try:
-        return build(args) if args.command == 'build' else info(args)
-    except VprError as exc:
-        print(f'error: {exc}', file=sys.stderr)
-        return 1
+    return run_command(build_parser(),
+                       lambda args: build(args) if args.command == 'build' else info(args), argv)
 
 
 if __name__ == '__main__':
