@@ -39,8 +39,7 @@ LOGGER = logging.getLogger(__name__)
 WEIGHTS_FORMAT = 'vpr_ros_training.weights'
 WEIGHTS_FILE = 'weights.safetensors'
 CORE_FILE = 'model.safetensors'
-CORE_GAP = ('architecture not registered in vpr_ros.core; see '
-            'docs/training_gcl_sare_structvpr.md')
+CORE_GAP = 'architecture not registered in vpr_ros.core; see README.md (Training)'
 
 
 class EpochKeySampler:
