@@ -203,7 +203,7 @@ def test_pairvpr_lite_shares_the_global_path_and_projects_tokens() -> None:
     """pairvpr_lite: same GeM descriptor as the GeM model, LayerNorm(Linear) tokens, [B] logits."""
     lite = create_model('pairvpr_lite', pretrained=True).eval()
     gem = create_model('efficientnet_lite0_gem', input_size=lite.spec.input_size).eval()
-    images = torch.randn(2, 3, 288, 288, generator=torch.Generator().manual_seed(6))
+    images = torch.randn(2, 3, 240, 320, generator=torch.Generator().manual_seed(6))
     with torch.no_grad():
         descriptors, tokens = lite.describe(images)
         flat = gem.describe(images)[1]
@@ -212,7 +212,7 @@ def test_pairvpr_lite_shares_the_global_path_and_projects_tokens() -> None:
                                 norm.bias, norm.eps)
         logits = lite.pair_logit(tokens, tokens.flip(0))
     assert torch.allclose(descriptors, gem.global_descriptor(images), atol=1e-5)
-    assert tokens.shape == (2, lite.spec.num_tokens, lite.spec.token_dim) == (2, 81, 256)
+    assert tokens.shape == (2, lite.spec.num_tokens, lite.spec.token_dim) == (2, 80, 256)
     assert torch.allclose(tokens, expected, atol=1e-5)
     assert logits.shape == (2,) and lite.spec.has_pair_classifier
     assert create_model('pairvpr_lite', pretrained=False, **lite.spec.kwargs).spec == lite.spec
@@ -221,20 +221,20 @@ def test_pairvpr_lite_shares_the_global_path_and_projects_tokens() -> None:
 def test_pairvpr_lite_masking_zeroes_whole_patches() -> None:
     """Masked encoding equals encoding images whose masked 32x32 cells were zeroed by hand."""
     lite = PairVprLite(pretrained=False).eval()
-    images = torch.randn(2, 3, 288, 288, generator=torch.Generator().manual_seed(7))
-    mask = torch.zeros(2, 81, dtype=torch.bool)
-    mask[0, [0, 40, 80]] = True
+    images = torch.randn(2, 3, 240, 320, generator=torch.Generator().manual_seed(7))
+    mask = torch.zeros(2, 80, dtype=torch.bool)
+    mask[0, [0, 40, 79]] = True
     mask[1, 13] = True
     zeroed = images.clone()
     for batch, cell in mask.nonzero().tolist():
-        row, col = divmod(cell, 9)
+        row, col = divmod(cell, 10)
         zeroed[batch, :, row * 32:(row + 1) * 32, col * 32:(col + 1) * 32] = 0.0
     with torch.no_grad():
         masked = lite.encode_masked(images, mask)
         expected = lite.describe(zeroed)[1]
         prediction = lite.reconstruct(images, mask, images)
     assert torch.allclose(masked, expected, atol=1e-5)
-    assert prediction.shape == (2, 81, 32 * 32 * 3)
+    assert prediction.shape == (2, 80, 32 * 32 * 3)
 
 
 def reference_preprocess(resized: np.ndarray) -> np.ndarray:

