@@ -46,7 +46,9 @@ from vpr_ros_training.run_folder import attach_log_files, describe_run, detach_l
 from vpr_ros_training.run_folder import git_state, make_deterministic, new_run_folder
 from vpr_ros_training.run_folder import REPO_ROOT, ScalarLog, write_json_atomic
 
-LOGGER = logging.getLogger(__name__)
+# Named explicitly: under ``python -m`` ``__name__`` is '__main__', which the run's log files
+# (attached to the 'vpr_ros_training' logger) would miss.
+LOGGER = logging.getLogger('vpr_ros_training.default_weights')
 
 STAGE = 'default_weights'
 CHECKPOINT = 'model.safetensors'
@@ -364,7 +366,7 @@ def train_pair_classifier(model: torch.nn.Module, routes: Sequence[RouteFeatures
         if options.clip_grad > 0:
             torch.nn.utils.clip_grad_norm_(trained_parameters(model), options.clip_grad)
         optimizer.step()
-        after_step(model, step + 1, float(loss), val_routes, config, log)
+        after_step(model, step + 1, loss.item(), val_routes, config, log)
 
 
 def after_step(model: torch.nn.Module, step: int, loss: float,
@@ -429,13 +431,13 @@ def train_and_export(config: DefaultWeightsConfig, run_dir: Path, log: Log,
     val_routes = encode_routes(model, config.routes.val_seeds, config.routes)
     holdout = encode_route(model, config.routes.holdout_seed, config.routes)
     times['render_and_encode'] = time.perf_counter() - start
+    untrained = evaluate_route(model, holdout, config.routes.shortlist, config.radius_m)
+    LOGGER.info('held-out route %d before training: %s', holdout.seed, format_metrics(untrained))
+    start = time.perf_counter()
     if config.train.pca_init:
         explained = init_projection_pca(model, train_routes, config.train.pca_stride)
         LOGGER.info('token projection from principal components (%.1f %% of the variance)',
                     100 * explained)
-    untrained = evaluate_route(model, holdout, config.routes.shortlist, config.radius_m)
-    LOGGER.info('held-out route %d before training: %s', holdout.seed, format_metrics(untrained))
-    start = time.perf_counter()
     train_pair_classifier(model, train_routes, val_routes, config, log)
     times['train'] = time.perf_counter() - start
     validation = evaluate_routes(model, val_routes, config)
@@ -477,8 +479,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         metavar='SECTION.KEY=VALUE', help='override one option (repeatable)')
     parser.add_argument('--log-level', default='INFO', help='console log level')
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(),
-                        format='%(asctime)s %(levelname)s %(name)s: %(message)s')
+    logging.basicConfig(format='%(asctime)s %(levelname)s %(name)s: %(message)s')
+    for handler in logging.getLogger().handlers:
+        handler.setLevel(args.log_level.upper())
     record = run_default_weights(load_config(DefaultWeightsConfig, args.config, args.overrides),
                                  argv)
     for name in ('untrained', 'trained'):
