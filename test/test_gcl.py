@@ -20,11 +20,11 @@ from vpr_ros_training.gcl.labels import Cameras, graded_labels, read_labels
 from vpr_ros_training.gcl.labels import write_labels
 from vpr_ros_training.gcl.loss import contrastive_loss, gcl_loss
 from vpr_ros_training.gcl.msls import msls_pair_source, read_msls_split
-from vpr_ros_training.gcl.networks import GemNet, load_official_gcl
+from vpr_ros_training.gcl.networks import calibrate_batch_norm, GemNet, load_official_gcl
 from vpr_ros_training.gcl.retrieval import evaluate_recall
 from vpr_ros_training.gcl.runner import load_weights
 from vpr_ros_training.gcl.sampling import draw_pairs, sample_partner
-from vpr_ros_training.gcl.train import GclConfig, PairImages, run_gcl
+from vpr_ros_training.gcl.train import GclConfig, initialise_network, PairImages, run_gcl
 from vpr_ros_training.gcl.whitening import PcaWhitening
 
 TOY_CONFIG = REPO_ROOT / 'training' / 'vpr_ros_training' / 'configs' / 'gcl_toy.yaml'
@@ -375,6 +375,33 @@ def test_efficientnet_gem_exports_to_the_core_registry(tmp_path) -> None:
         export_core_checkpoint(GemNet('tiny'), tmp_path / 'tiny.safetensors')
 
 
+def test_batch_norm_calibration_sets_the_cumulative_data_statistics() -> None:
+    """Fresh batch norms get the average per-batch mean and variance; others stay untouched."""
+    torch.manual_seed(0)
+    model = GemNet('tiny', input_size=(24, 32)).train()
+    layers = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    with torch.no_grad():
+        layers[-1].running_mean.fill_(0.5)
+    kept = layers[-1].running_mean.clone(), layers[-1].running_var.clone()
+    seen: dict = {id(layer): [] for layer in layers}
+    hooks = [layer.register_forward_hook(
+        lambda module, inputs, output: seen[id(module)].append(inputs[0].detach().clone()))
+        for layer in layers]
+    batches = [torch.rand(5, 3, 24, 32) * (i + 1) for i in range(3)]
+    assert calibrate_batch_norm(model, batches) == len(layers) - 1
+    for hook in hooks:
+        hook.remove()
+    for layer in layers[:-1]:
+        means = [x.double().mean(dim=(0, 2, 3)).numpy() for x in seen[id(layer)]]
+        variances = [x.double().permute(1, 0, 2, 3).flatten(1).var(dim=1).numpy()
+                     for x in seen[id(layer)]]
+        np.testing.assert_allclose(layer.running_mean.numpy(), np.mean(means, 0), atol=1e-5)
+        np.testing.assert_allclose(layer.running_var.numpy(), np.mean(variances, 0), rtol=1e-4)
+        assert layer.momentum == 0.1
+    torch.testing.assert_close((layers[-1].running_mean, layers[-1].running_var), kept)
+    assert model.training and calibrate_batch_norm(model, batches) == 0
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize('backbone,dim', [('vgg16', 512), ('resnet50', 2048),
                                           ('resnet152', 2048), ('resnext101_32x8d', 2048)])
@@ -400,7 +427,10 @@ def test_gcl_toy_run_improves_held_out_recall(tmp_path) -> None:
     measured = evaluate_recall(model, config.evaluation.load())
     assert measured['r@1'] == pytest.approx(final['r@1'])
     torch.manual_seed(config.run.seed)
-    untrained = evaluate_recall(config.model.build(), config.evaluation.load())
+    untrained_model = config.model.build()
+    database = [item for items in config.data.load().database for item in items]
+    initialise_network(untrained_model, config, database, torch.device('cpu'))
+    untrained = evaluate_recall(untrained_model, config.evaluation.load())
     assert untrained['r@1'] == pytest.approx(initial['r@1'])
     assert measured['r@1'] >= untrained['r@1'] + 8.0, (untrained, measured)
     assert (run_dir / 'config.yaml').is_file() and (run_dir / 'scalars.jsonl').is_file()
@@ -439,13 +469,18 @@ def test_gcl_netvlad_run_initialises_clusters_and_whitens(tmp_path) -> None:
 
 
 def test_gcl_toy_run_on_the_corridor_improves_held_out_recall(tmp_path, corridor_dir) -> None:
-    """Frames 0-59 of the real corridor train, frames 60-110 (unseen places) evaluate."""
+    """Frames 0-59 of the real corridor train, frames 60-110 (unseen places) evaluate.
+
+    Measured with these settings over run seeds 0-4: untrained 18-31 % Recall@1, trained
+    35-69 % (+13.7 to +37.2 points).
+    """
     torch.set_num_threads(1)
     overrides = [f'run.output_root={tmp_path}', 'data.kind=traversal',
                  f'data.traversal_root={corridor_dir}', 'data.stop_frame=60',
                  'data.fov={half_angle_deg: 35.0, radius_m: 4.0, max_heading_diff_deg: 90.0}',
                  'data.cache_size=60', 'evaluation.kind=traversal',
-                 f'evaluation.traversal_root={corridor_dir}', 'evaluation.first_frame=60']
+                 f'evaluation.traversal_root={corridor_dir}', 'evaluation.first_frame=60',
+                 'optim.steps=80', 'optim.lr_step_size=40']
     config = load_config(GclConfig, TOY_CONFIG, overrides)
     run_dir = run_gcl(config, progress=lambda items, total: items)
     evaluation = json.loads((run_dir / 'export.json').read_text())['evaluation']

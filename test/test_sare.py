@@ -282,6 +282,37 @@ def test_sare_toy_run_improves_held_out_recall(tmp_path) -> None:
     assert export['core_checkpoint'] is None and 'not registered' in export['core_gap']
 
 
+def test_sare_toy_run_on_the_corridor_improves_held_out_recall(tmp_path, corridor_dir) -> None:
+    """Frames 0-59 of the real corridor train, frames 60-110 (unseen places) evaluate.
+
+    Measured with these settings over run seeds 0-4: untrained 45-55 % Recall@1, trained
+    67-80 % (+17.7 to +25.5 points).
+    """
+    torch.set_num_threads(1)
+    mining = ('data.mining={positive_radius_m: 2.0, negative_radius_m: 8.0, num_negatives: 5, '
+              'negative_pool: 40, cache_size: 60}')
+    overrides = [f'run.output_root={tmp_path}', 'data.kind=traversal', mining,
+                 f'data.traversal_root={corridor_dir}', 'data.stop_frame=60',
+                 'evaluation.kind=traversal', f'evaluation.traversal_root={corridor_dir}',
+                 'evaluation.first_frame=60', 'optim.epochs=20']
+    config = load_config(SareConfig, TOY_CONFIG, overrides)
+    run_dir = run_sare(config, progress=lambda items, total: items)
+    evaluation = json.loads((run_dir / 'export.json').read_text())['evaluation']
+    eval_set = config.evaluation.load(config.data)
+    assert len(eval_set.positives) == 51
+    torch.manual_seed(config.run.seed)
+    untrained = config.model.build()
+    initialise_clusters(untrained, config.data.load().database, config.model.cluster_images,
+                        config.model.descriptors_per_image, config.run.seed, torch.device('cpu'))
+    before = evaluate_recall(untrained, eval_set)['r@1']
+    assert before == pytest.approx(evaluation['initial']['r@1'])
+    model = load_weights(run_dir / 'weights.safetensors', GemNet)
+    model.whitening = None
+    measured = evaluate_recall(model, eval_set)['r@1']
+    assert measured == pytest.approx(evaluation['final']['r@1'])
+    assert measured >= before + 10.0, (before, measured)
+
+
 @pytest.mark.parametrize('name,variant,temperature,tuples', [
     ('ind', 'ind', 0.5, 4), ('joint', 'joint', 0.5, 4), ('openibl', 'ind', 0.07, 4)])
 def test_pitts30k_recipes_parse(name: str, variant: str, temperature: float,

@@ -25,7 +25,7 @@ freezes all but the last backbone children as the official ``create_model`` does
 
 import logging
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Iterable, Optional, Sequence
 
 import torch
 from torch import nn
@@ -194,6 +194,44 @@ class GemNet(VprModel):
         if self.whitening is not None and bool(self.whitening.fitted):
             descriptors = self.whitening(descriptors)
         return descriptors, None
+
+
+def fresh_batch_norms(model: nn.Module) -> list[nn.Module]:
+    """Return the batch-norm layers whose running statistics are still the defaults (0 and 1)."""
+    return [m for m in model.modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+            and not bool(m.running_mean.any()) and bool((m.running_var == 1).all())]
+
+
+def calibrate_batch_norm(model: GemNet, batches: Iterable[torch.Tensor]) -> int:
+    """Estimate the running statistics of never-updated batch norms; return how many.
+
+    A randomly initialised network (the ``tiny`` CPU backbone) has batch norms whose running
+    statistics are the defaults, so in eval mode they pass features through unnormalised, and
+    the first training steps replace them by data statistics: k-means cluster centres computed
+    before that no longer fit the features training sees, and an "untrained" evaluation would
+    measure a network that training changes without any gradient step. This pass sets them to
+    the exact mean and variance over ``batches`` (cumulative average, no gradients). Layers
+    that already hold statistics (pretrained or trained) are not touched.
+    """
+    layers = fresh_batch_norms(model)
+    if not layers:
+        return 0
+    was_training = model.training
+    model.eval()
+    momenta = [layer.momentum for layer in layers]
+    for layer in layers:
+        layer.reset_running_stats()
+        layer.momentum = None
+        layer.train()
+    with torch.no_grad():
+        for images in batches:
+            model.feature_map(images)
+    for layer, momentum in zip(layers, momenta):
+        layer.momentum = momentum
+    model.train(was_training)
+    LOGGER.info('batch-norm statistics of %d fresh layers estimated from data', len(layers))
+    return len(layers)
 
 
 def read_official_state(path: str) -> dict:

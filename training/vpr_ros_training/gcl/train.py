@@ -30,13 +30,14 @@ from vpr_ros_training.distributed import all_reduce_sum, DistContext
 from vpr_ros_training.gcl.fov import FovConfig
 from vpr_ros_training.gcl.loss import contrastive_loss, gcl_loss, pair_distance
 from vpr_ros_training.gcl.msls import msls_eval_set, msls_pair_source, TRAIN_CITIES, VAL_CITIES
-from vpr_ros_training.gcl.networks import BACKBONES, GemNet, load_official_gcl, POOLS
+from vpr_ros_training.gcl.networks import BACKBONES, calibrate_batch_norm, GemNet
+from vpr_ros_training.gcl.networks import load_official_gcl, POOLS
 from vpr_ros_training.gcl.pairs import PairSource, route_pair_source, traversal_pair_source
 from vpr_ros_training.gcl.runner import BestKeeper, EpochKeySampler, Selection, StepDecay
 from vpr_ros_training.gcl.sampling import draw_pairs
 from vpr_ros_training.places import PlaceTable
 from vpr_ros_training.route_places import read_route_eval
-from vpr_ros_training.sare.train import initialise_clusters
+from vpr_ros_training.sare.train import image_batches, initialise_clusters
 from vpr_ros_training.session import open_session
 from vpr_ros_training.trainer import no_progress, Progress, Trainer
 from vpr_ros_training.traversal import EvalSet, read_traversal_eval
@@ -44,7 +45,7 @@ from vpr_ros_training.traversal import EvalSet, read_traversal_eval
 LOGGER = logging.getLogger(__name__)
 
 STAGE = 'gcl'
-NETVLAD_INIT_IMAGES = 500
+INIT_IMAGES = 500
 NETVLAD_INIT_PER_IMAGE = 100
 DATA_KINDS = ('msls', 'route', 'traversal')
 EVAL_KINDS = ('msls', 'route', 'traversal', 'none')
@@ -260,16 +261,25 @@ def make_sampler(source: PairSource, config: GclConfig, context: DistContext) ->
     return EpochKeySampler(draw, config.run.batch_size_per_gpu, context.world_size, context.rank)
 
 
+def initialise_network(model: GemNet, config: GclConfig, database: Sequence,
+                       device: torch.device) -> None:
+    """Estimate fresh batch-norm statistics and (NetVLAD) the cluster centres on the database."""
+    if config.model.pool == 'netvlad':
+        initialise_clusters(model, database, INIT_IMAGES, NETVLAD_INIT_PER_IMAGE,
+                            config.run.seed, device)
+    else:
+        calibrate_batch_norm(model, image_batches(model, database, INIT_IMAGES,
+                                                  config.run.seed, device))
+
+
 def train_gcl(config: GclConfig, context: DistContext, run_dir: Path,
               resume_state: Optional[Path] = None, progress: Progress = no_progress) -> dict:
     """Train in ``run_dir`` and export; return ``export.json``'s content."""
     model = config.model.build().to(context.device)
     source, eval_set = config.data.load(), config.evaluation.load()
-    if config.model.pool == 'netvlad' and not config.model.init_checkpoint and context.is_main \
-            and resume_state is None:
-        database = [item for items in source.database for item in items]
-        initialise_clusters(model, database, NETVLAD_INIT_IMAGES, NETVLAD_INIT_PER_IMAGE,
-                            config.run.seed, context.device)
+    if not config.model.init_checkpoint and context.is_main and resume_state is None:
+        initialise_network(model, config, [item for items in source.database for item in items],
+                           context.device)
     LOGGER.info('%s: %d cities, %d queries', source.name, len(source),
                 sum(m.shape[0] for m in source.matrices))
     sampler = make_sampler(source, config, context)

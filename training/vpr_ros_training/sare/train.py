@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import logging
 import math
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -28,7 +28,7 @@ from vpr_ros_training.config import config_as_dict, load_config, option, RunConf
 from vpr_ros_training.datasets import make_loader
 from vpr_ros_training.distributed import all_reduce_sum, DistContext
 from vpr_ros_training.gcl.fov import FovConfig
-from vpr_ros_training.gcl.networks import BACKBONES, GemNet
+from vpr_ros_training.gcl.networks import BACKBONES, calibrate_batch_norm, GemNet
 from vpr_ros_training.gcl.pairs import render_route_cameras, traversal_pair_source
 from vpr_ros_training.gcl.retrieval import describe_items, Transform
 from vpr_ros_training.gcl.runner import BestKeeper, EpochKeySampler, load_weights, Selection
@@ -273,19 +273,31 @@ class SareObjective(nn.Module):
                           all_reduce_sum(violated) / (world * batch)}
 
 
-def initialise_clusters(model: GemNet, items: Sequence, count: int, per_image: int, seed: int,
-                        device: torch.device, transform: Optional[Transform] = None) -> None:
-    """Initialise NetVLAD by k-means on local features of ``count`` random ``items``."""
+def image_batches(model: GemNet, items: Sequence, count: int, seed: int, device: torch.device,
+                  transform: Optional[Transform] = None) -> Iterator[torch.Tensor]:
+    """Yield preprocessed batches (16 images) of ``count`` random ``items`` (seeded)."""
     rng = np.random.default_rng(seed)
     chosen = rng.choice(len(items), size=min(count, len(items)), replace=False)
     transform = transform or (lambda batch: preprocess([PlaceTable.load(i) for i in batch],
                                                        model.spec))
+    for start in range(0, len(chosen), 16):
+        yield transform([items[i] for i in chosen[start:start + 16]]).to(device)
+
+
+def initialise_clusters(model: GemNet, items: Sequence, count: int, per_image: int, seed: int,
+                        device: torch.device, transform: Optional[Transform] = None) -> None:
+    """Initialise NetVLAD by k-means on local features of ``count`` random ``items``.
+
+    Fresh batch norms (random init) first get their statistics from the same images
+    (:func:`calibrate_batch_norm`), so the centres are computed in the feature space training
+    starts from.
+    """
+    calibrate_batch_norm(model, image_batches(model, items, count, seed, device, transform))
     features = []
     model.eval()
     with torch.no_grad():
-        for start in range(0, len(chosen), 16):
-            inputs = transform([items[i] for i in chosen[start:start + 16]])
-            maps = model.feature_map(inputs.to(device)).cpu()
+        for inputs in image_batches(model, items, count, seed, device, transform):
+            maps = model.feature_map(inputs).cpu()
             features.append(sample_local_features(maps, per_image, seed))
     model.train()
     model.pool.init_from_features(np.concatenate(features), seed)
