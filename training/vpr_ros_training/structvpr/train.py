@@ -7,11 +7,16 @@ and trains the RGB student with ``L = L_triplet + distillation_weight * L_KD``; 
 refresh the training queries are ranked by teacher (once) and student (current weights), the
 partition and weights of :mod:`.partition` are recomputed and the group occupancy is logged.
 Only the student is exported (RGB at inference, no segmentation). Teacher and student must give
-descriptors of the same dimension. Optimiser, learning rates, epochs and image size of the paper
-are unverified; the defaults follow the SARE/NetVLAD recipe the paper compares against.
+descriptors of the same dimension. Data kinds: MSLS with offline label PNGs, the procedural
+street (exact label maps) and a two-traversal folder (``query/``, ``ref/``, e.g. the corridor)
+whose label maps come from ``seg_root`` PNGs or, without them, from the colour k-means stand-in
+of :mod:`.colour_segmenter` fitted on the training frames only. Optimiser, learning rates,
+epochs and image size of the paper are unverified; the defaults follow the SARE/NetVLAD recipe
+the paper compares against.
 """
 
 from dataclasses import dataclass, replace
+from functools import lru_cache
 import logging
 import math
 from pathlib import Path
@@ -38,8 +43,10 @@ from vpr_ros_training.gcl.runner import Selection, StepDecay
 from vpr_ros_training.places import PlaceTable
 from vpr_ros_training.sare.losses import triplet_loss
 from vpr_ros_training.sare.mining import broadcast_keys, MiningConfig, TupleMiner
-from vpr_ros_training.sare.train import initialise_clusters
+from vpr_ros_training.sare.train import initialise_clusters, traversal_tuple_source
 from vpr_ros_training.session import open_session
+from vpr_ros_training.structvpr.colour_segmenter import ColourSegmenter, ColourSegmenterConfig
+from vpr_ros_training.structvpr.colour_segmenter import fit_traversal
 from vpr_ros_training.structvpr.distillation import weighted_distillation
 from vpr_ros_training.structvpr.label_maps import encode_label_maps, LabelMapConfig
 from vpr_ros_training.structvpr.label_maps import read_label_map
@@ -47,7 +54,7 @@ from vpr_ros_training.structvpr.partition import distillation_weights, group_fra
 from vpr_ros_training.structvpr.partition import PartitionConfig, positive_ranks
 from vpr_ros_training.structvpr.street_scenes import render_street, StreetConfig
 from vpr_ros_training.trainer import Progress, Trainer
-from vpr_ros_training.traversal import EvalSet
+from vpr_ros_training.traversal import EvalSet, read_traversal_eval
 
 LOGGER = logging.getLogger(__name__)
 
@@ -123,14 +130,25 @@ class StageOptim:
 
 @dataclass(frozen=True)
 class StructDataConfig:
-    """Training data: MSLS with offline label maps, or the procedural street."""
+    """Training data: MSLS with offline label maps, the procedural street or a traversal folder."""
 
-    kind: str = option('msls', 'msls or street', choices=('msls', 'street'))
+    kind: str = option('msls', 'msls, street or traversal (query/ + ref/ folder)',
+                       choices=('msls', 'street', 'traversal'))
     root: str = option('', 'MSLS root (train_val/)')
-    seg_root: str = option('', 'label PNGs at <seg_root>/<city>/<split>/<key>.png')
+    seg_root: str = option('', 'label PNGs at <seg_root>/<city>/<split>/<key>.png (msls) or '
+                           '<seg_root>/{query,ref}/<frame stem>.png (traversal; empty: colour '
+                           'k-means stand-in)')
     cities: tuple = option(('trondheim',), 'MSLS training cities')
     street_seeds: tuple = option((41,), 'street world seeds for kind street')
     street: StreetConfig = option(StreetConfig(), 'procedural street settings')
+    traversal_root: str = option('', 'two-traversal folder (query/, ref/) for kind traversal')
+    first_frame: int = option(0, 'first training frame (kind traversal)', (0, 10 ** 9))
+    stop_frame: int = option(0, 'end of the training frames (exclusive, 0 = all)', (0, 10 ** 9))
+    frame_spacing_m: float = option(1.0, 'distance between consecutive frames (kind traversal)',
+                                    (1e-3, 1e4))
+    segmenter: ColourSegmenterConfig = option(
+        ColourSegmenterConfig(), 'colour k-means label maps for kind traversal without seg_root: '
+        'an assumption standing in for a real segmenter, fitted on the training frames only')
     mining: MiningConfig = option(MiningConfig(), 'tuple mining')
     num_workers: int = option(4, 'DataLoader workers per rank', (0, 256))
 
@@ -142,7 +160,33 @@ class StructDataConfig:
         """Return the training source."""
         if self.kind == 'street':
             return street_source(tuple(self.street_seeds), self.street)
+        if self.kind == 'traversal':
+            return traversal_seg_source(self)
         return msls_seg_source(self.root, self.seg_root, tuple(self.cities))
+
+    def frame_labels(self, items: Sequence[str]) -> tuple:
+        """Return the label maps of traversal frames: seg_root PNG paths or colour k-means maps."""
+        if self.seg_root:
+            return tuple(str(Path(self.seg_root) / Path(i).parent.name / f'{Path(i).stem}.png')
+                         for i in items)
+        return training_segmenter(self.traversal_root, self.first_frame, self.stop_frame,
+                                  self.segmenter).label_items(items)
+
+
+@lru_cache(maxsize=2)
+def training_segmenter(root: str, first: int, stop: int,
+                       config: ColourSegmenterConfig) -> ColourSegmenter:
+    """Return the colour segmenter fitted on training frames ``[first, stop)`` (cached)."""
+    return fit_traversal(root, first, stop, config)
+
+
+def traversal_seg_source(data: StructDataConfig) -> SegTupleSource:
+    """Return query frames against reference frames of the training range, with label maps."""
+    tuples = traversal_tuple_source(data.traversal_root, data.first_frame, data.stop_frame,
+                                    data.frame_spacing_m)
+    return SegTupleSource(tuples.name, tuple(tuples.queries), tuple(tuples.database),
+                          data.frame_labels(tuples.queries), data.frame_labels(tuples.database),
+                          tuples.query_xy, tuples.db_xy)
 
 
 def street_source(seeds: Sequence[int], config: StreetConfig) -> SegTupleSource:
@@ -179,14 +223,18 @@ def msls_seg_source(root: str, seg_root: str, cities: Sequence[str]) -> SegTuple
 
 @dataclass(frozen=True)
 class StructEvalConfig:
-    """Held-out evaluation of the RGB student (and the teacher on label maps for kind street)."""
+    """Held-out evaluation of the RGB student (and of the teacher on label maps)."""
 
-    kind: str = option('msls', 'msls (val cities), street or none',
-                       choices=('msls', 'street', 'none'))
+    kind: str = option('msls', 'msls (val cities), street, traversal or none',
+                       choices=('msls', 'street', 'traversal', 'none'))
     root: str = option('', 'MSLS root for kind msls')
+    traversal_root: str = option('', 'two-traversal folder for kind traversal')
+    first_frame: int = option(0, 'first frame (kind traversal)', (0, 10 ** 9))
+    stop_frame: int = option(0, 'end of the frame range (0 = all)', (0, 10 ** 9))
     cities: tuple = option(VAL_CITIES, 'MSLS validation cities')
     street_seed: int = option(42, 'street world seed for kind street')
-    radius_m: float = option(25.0, 'positive radius (street: pixels)', (0.0, 1e7))
+    radius_m: float = option(25.0, 'positive radius (street: pixels; traversal: unused, '
+                             'ground_truth.json)', (0.0, 1e7))
     batch_size: int = option(32, 'images per descriptor batch', (1, 4096))
     keep_best: bool = option(True, 'export the best pass by R@5 (False: the last)')
 
@@ -194,18 +242,34 @@ class StructEvalConfig:
         """Validate values."""
         validate(self)
 
-    def load(self, street: StreetConfig, labels: bool = False) -> Optional[EvalSet]:
-        """Return the RGB (or, for the street, label-map) evaluation set."""
+    def load(self, data: StructDataConfig, labels: bool = False) -> Optional[EvalSet]:
+        """Return the RGB (or label-map) evaluation set; None where labels are unavailable.
+
+        Traversal label maps come from ``data.frame_labels`` (the colour segmenter fitted on the
+        training frames, never on these); MSLS has no label-map evaluation.
+        """
         if self.kind == 'msls' and not labels:
             return msls_eval_set(self.root, tuple(self.cities), self.radius_m)
+        if self.kind == 'traversal':
+            return self.traversal(data, labels)
         if self.kind != 'street':
             return None
-        source = street_source((self.street_seed,), street)
+        source = street_source((self.street_seed,), data.street)
         found = positives_within_radius(source.query_xy, source.db_xy, self.radius_m)
         positives = tuple(tuple(int(j) for j in ids) for ids in found)
         if labels:
             return EvalSet(source.name, source.query_labels, source.db_labels, positives)
         return EvalSet(source.name, source.queries, source.database, positives)
+
+    def traversal(self, data: StructDataConfig, labels: bool) -> Optional[EvalSet]:
+        """Return frames ``[first_frame, stop_frame)`` (ground-truth positives) of ``root``."""
+        found = read_traversal_eval(self.traversal_root, self.first_frame, self.stop_frame)
+        if not labels:
+            return found
+        if data.kind != 'traversal' and not data.seg_root:
+            return None
+        return replace(found, queries=data.frame_labels(found.queries),
+                       database=data.frame_labels(found.database))
 
 
 @dataclass(frozen=True)
@@ -226,12 +290,19 @@ class StructVprConfig:
                             'batching (tuples per rank), precision, checkpoints')
     evaluation: StructEvalConfig = option(StructEvalConfig(), 'held-out evaluation')
 
+    def __post_init__(self) -> None:
+        """Check that colour label maps fit the teacher's class count."""
+        validate(self)
+        data = self.data
+        if data.kind == 'traversal' and not data.seg_root and \
+                data.segmenter.num_classes != self.labels.num_classes:
+            raise ConfigError(f'data.segmenter.num_classes ({data.segmenter.num_classes}) must '
+                              f'equal labels.num_classes ({self.labels.num_classes})')
 
-def load_any(item) -> np.ndarray:
-    """Return an RGB image or a label map from an array or a file path."""
-    if isinstance(item, np.ndarray):
-        return item
-    return read_label_map(item) if str(item).endswith('.png') else PlaceTable.load(item)
+
+def load_label_map(item) -> np.ndarray:
+    """Return a label map from an array or a label PNG path."""
+    return item if isinstance(item, np.ndarray) else read_label_map(item)
 
 
 class LabelTransform:
@@ -243,7 +314,8 @@ class LabelTransform:
 
     def __call__(self, label_maps: Sequence[np.ndarray]) -> torch.Tensor:
         """Return ``[B, C, h, w]``."""
-        return encode_label_maps([load_any(m) for m in label_maps], self.size, self.config)
+        return encode_label_maps([load_label_map(m) for m in label_maps], self.size,
+                                 self.config)
 
 
 class SegTuples(Dataset):
@@ -264,7 +336,7 @@ class SegTuples(Dataset):
         out = []
         if self.with_rgb:
             items = [self.source.queries[q]] + [self.source.database[j] for j in rest]
-            out.append(preprocess([load_any(i) for i in items], self.rgb_spec))
+            out.append(preprocess([PlaceTable.load(i) for i in items], self.rgb_spec))
         if self.seg is not None:
             labels = [self.source.query_labels[q]]
             if not self.with_rgb:
@@ -422,7 +494,7 @@ def train_teacher(config: StructVprConfig, source: SegTupleSource, context: Dist
     objective = TeacherObjective(teacher, config.teacher_optim.margin)
     trainer, schedule = make_trainer(teacher, objective, config.teacher_optim, plan.caches,
                                      config, context, run_dir / 'teacher')
-    eval_set = config.evaluation.load(config.data.street, labels=True)
+    eval_set = config.evaluation.load(config.data, labels=True)
     selection = Selection(eval_set, config.evaluation.batch_size, config.evaluation.keep_best,
                           plan.caches, kind='structvpr_teacher', config=config_as_dict(config),
                           transform=transform)
@@ -435,16 +507,30 @@ def train_teacher(config: StructVprConfig, source: SegTupleSource, context: Dist
     return teacher.to(context.device).eval()
 
 
+def untrained_student(config: StructVprConfig, source: SegTupleSource,
+                      context: Optional[DistContext] = None, initialise: bool = True) -> GemNet:
+    """Return the RGB student as stage 2 starts (the "untrained" model of the evaluation).
+
+    Its weights depend on ``run.seed`` only (not on what stage 1 drew from the generator);
+    ``initialise`` estimates fresh batch-norm statistics and the NetVLAD clusters from the
+    training database.
+    """
+    context = context or DistContext()
+    torch.manual_seed(config.run.seed)
+    student = config.student.build(3).to(context.device)
+    if initialise:
+        initialise_branch(student, config.student, source.database, config.run.seed, context)
+    return student
+
+
 def train_student(config: StructVprConfig, source: SegTupleSource, teacher: GemNet,
                   context: DistContext, run_dir: Path, resume_state: Optional[Path],
                   progress: Progress) -> dict:
     """Stage 2: train the RGB student with weighted distillation and export it."""
-    student = config.student.build(3).to(context.device)
+    student = untrained_student(config, source, context, initialise=resume_state is None)
     if student.spec.descriptor_dim != teacher.spec.descriptor_dim:
         raise ConfigError(f'student descriptors ({student.spec.descriptor_dim}-D) must match '
                           f"the teacher's ({teacher.spec.descriptor_dim}-D) for distillation")
-    if resume_state is None:
-        initialise_branch(student, config.student, source.database, config.run.seed, context)
     transform = LabelTransform(config.teacher.input_size, config.labels)
     plan = MiningPlan(source, config, context, student, transform)
     sampler = EpochKeySampler(lambda epoch: plan.keys(epoch, teacher),
@@ -460,7 +546,7 @@ def train_student(config: StructVprConfig, source: SegTupleSource, teacher: GemN
     if resume_state is not None:
         trainer.load_state(resume_state)
     schedule.epoch = trainer.position.epoch
-    selection = Selection(config.evaluation.load(config.data.street), config.evaluation.batch_size,
+    selection = Selection(config.evaluation.load(config.data), config.evaluation.batch_size,
                           config.evaluation.keep_best, plan.caches, kind='structvpr_student',
                           config=config_as_dict(config))
     keeper = BestKeeper(student, trainer, schedule, context, selection)
