@@ -3,10 +3,12 @@
 import argparse
 import logging
 import os
-from typing import Iterable, Optional, Sequence
+from pathlib import Path
+from typing import Callable, Iterable, Optional, Sequence
 
 from tqdm import tqdm
 
+from vpr_ros_training.config import load_config
 from vpr_ros_training.distributed import DistContext
 
 
@@ -32,6 +34,16 @@ def parse_stage_args(description: str, argv: Optional[Sequence[str]]) -> argpars
     logging.basicConfig(level=args.log_level.upper(),
                         format='%(asctime)s %(levelname)s %(name)s: %(message)s')
     return args
+
+
+def run_stage_command(description: str, config_type: type, run: Callable[..., Path],
+                      argv: Optional[Sequence[str]]) -> Path:
+    """Parse a stage's command line, load its config, call ``run(config, resume)``.
+
+    Returns what ``run`` returns: the run folder.
+    """
+    args = parse_stage_args(description, argv)
+    return run(load_config(config_type, args.config, args.overrides), args.resume)
 
 
 def tqdm_progress(context: Optional[DistContext] = None):

@@ -21,8 +21,8 @@ from torch import nn
 from vpr_ros.core.models.checkpoint import save_checkpoint
 from vpr_ros.core.models.dinov2 import PATCH_SIZE
 from vpr_ros_training.augmentation import PairAugmentation
-from vpr_ros_training.command_line import parse_stage_args, tqdm_progress
-from vpr_ros_training.config import load_config, StageOneConfig, StageOneOptim
+from vpr_ros_training.command_line import run_stage_command, tqdm_progress
+from vpr_ros_training.config import StageOneConfig, StageOneOptim
 from vpr_ros_training.datasets import GlobalBatchSampler, make_loader, PairDataset
 from vpr_ros_training.distributed import all_reduce_sum, barrier, DistContext
 from vpr_ros_training.initialization import build_model, load_initial_weights
@@ -161,9 +161,9 @@ def run_stage_one(config: StageOneConfig, resume: str = '',
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Command-line entry point: ``python -m vpr_ros_training.stage_one --config FILE``."""
-    args = parse_stage_args('Pair-VPR stage one: Siamese masked image modelling', argv)
-    config = load_config(StageOneConfig, args.config, args.overrides)
-    run_dir = run_stage_one(config, args.resume, tqdm_progress())
+    run_dir = run_stage_command('Pair-VPR stage one: Siamese masked image modelling',
+                                StageOneConfig, lambda config, resume: run_stage_one(
+                                    config, resume, tqdm_progress()), argv)
     print(f'stage one finished: {run_dir / CHECKPOINT}')
     return 0
 

@@ -22,8 +22,8 @@ from torch import nn
 
 from vpr_ros.core.models.checkpoint import save_checkpoint
 from vpr_ros_training.augmentation import PlaceAugmentation
-from vpr_ros_training.command_line import parse_stage_args, tqdm_progress
-from vpr_ros_training.config import config_as_dict, load_config, StageTwoConfig, StageTwoOptim
+from vpr_ros_training.command_line import run_stage_command, tqdm_progress
+from vpr_ros_training.config import config_as_dict, StageTwoConfig, StageTwoOptim
 from vpr_ros_training.datasets import GlobalBatchSampler, make_loader, PlaceDataset
 from vpr_ros_training.distributed import all_reduce_sum, barrier, DistContext
 from vpr_ros_training.distributed import gather_labels, gather_with_grad
@@ -218,9 +218,9 @@ def run_stage_two(config: StageTwoConfig, resume: str = '',
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Command-line entry point: ``python -m vpr_ros_training.stage_two --config FILE``."""
-    args = parse_stage_args('Pair-VPR stage two: joint global and pair-classifier training', argv)
-    config = load_config(StageTwoConfig, args.config, args.overrides)
-    run_dir = run_stage_two(config, args.resume, tqdm_progress())
+    run_dir = run_stage_command('Pair-VPR stage two: joint global and pair-classifier training',
+                                StageTwoConfig, lambda config, resume: run_stage_two(
+                                    config, resume, tqdm_progress()), argv)
     print(f'stage two finished: {run_dir / CHECKPOINT}')
     return 0
 

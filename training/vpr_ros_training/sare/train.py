@@ -23,8 +23,8 @@ from torch.utils.data import Dataset
 
 from vpr_ros.core.config import validate
 from vpr_ros.core.preprocessing import preprocess
-from vpr_ros_training.command_line import parse_stage_args, tqdm_progress
-from vpr_ros_training.config import config_as_dict, load_config, option, RunConfig
+from vpr_ros_training.command_line import run_stage_command, tqdm_progress
+from vpr_ros_training.config import config_as_dict, option, RunConfig
 from vpr_ros_training.datasets import make_loader
 from vpr_ros_training.distributed import all_reduce_sum, DistContext
 from vpr_ros_training.gcl.fov import FovConfig
@@ -389,9 +389,8 @@ def run_sare(config: SareConfig, resume: str = '', progress: Optional[Progress] 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Command-line entry point: ``python -m vpr_ros_training.sare.train --config FILE``."""
-    args = parse_stage_args('SARE: NetVLAD trained with the SARE loss', argv)
-    config = load_config(SareConfig, args.config, args.overrides)
-    run_dir = run_sare(config, args.resume)
+    run_dir = run_stage_command('SARE: NetVLAD trained with the SARE loss', SareConfig,
+                                run_sare, argv)
     print(f'SARE training finished: {run_dir}')
     return 0
 

@@ -31,8 +31,8 @@ from vpr_ros.core.config import validate
 from vpr_ros.core.errors import ConfigError
 from vpr_ros.core.metrics import positives_within_radius
 from vpr_ros.core.preprocessing import preprocess
-from vpr_ros_training.command_line import parse_stage_args, tqdm_progress
-from vpr_ros_training.config import config_as_dict, load_config, option, RunConfig
+from vpr_ros_training.command_line import run_stage_command, tqdm_progress
+from vpr_ros_training.config import config_as_dict, option, RunConfig
 from vpr_ros_training.datasets import make_loader
 from vpr_ros_training.distributed import all_reduce_sum, barrier, DistContext
 from vpr_ros_training.gcl.msls import msls_eval_set, read_msls_split, VAL_CITIES
@@ -576,9 +576,8 @@ def run_structvpr(config: StructVprConfig, resume: str = '',
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Command-line entry point: ``python -m vpr_ros_training.structvpr.train --config FILE``."""
-    args = parse_stage_args('StructVPR: SEG teacher, RGB student, weighted distillation', argv)
-    config = load_config(StructVprConfig, args.config, args.overrides)
-    run_dir = run_structvpr(config, args.resume)
+    run_dir = run_stage_command('StructVPR: SEG teacher, RGB student, weighted distillation',
+                                StructVprConfig, run_structvpr, argv)
     print(f'StructVPR training finished: {run_dir}')
     return 0
 
