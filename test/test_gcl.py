@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 import torchvision
+from training_fixtures import finite_difference
 
 from vpr_ros.core.errors import CheckpointError, DatasetError
 from vpr_ros.core.models.checkpoint import load_checkpoint
@@ -165,17 +166,6 @@ def numpy_contrastive(x0: np.ndarray, x1: np.ndarray, same: np.ndarray, tau: flo
     d = np.linalg.norm(f0 - f1, axis=1)
     values = [0.5 * di ** 2 if s else 0.5 * max(tau - di, 0.0) ** 2 for di, s in zip(d, same)]
     return float(np.mean(values))
-
-
-def finite_difference(function, x: np.ndarray, step: float = 1e-6) -> np.ndarray:
-    """Return the central finite-difference gradient of a scalar numpy function."""
-    grad = np.zeros_like(x)
-    for index in np.ndindex(x.shape):
-        plus, minus = x.copy(), x.copy()
-        plus[index] += step
-        minus[index] -= step
-        grad[index] = (function(plus) - function(minus)) / (2 * step)
-    return grad
 
 
 def test_gcl_loss_and_gradients_match_numpy() -> None:

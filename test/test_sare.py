@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from torch.nn import functional as F
+from training_fixtures import finite_difference
 
 from vpr_ros_training.config import load_config
 from vpr_ros_training.gcl.networks import GemNet
@@ -48,17 +49,6 @@ def numpy_sare(q, p, n, variant: str, kernel: str, temperature: float, norm: flo
     else:
         total = -np.log(kp[:, None] / (kp[:, None] + kn)).sum()
     return float(total / norm)
-
-
-def finite_difference(function, x: np.ndarray, step: float = 1e-6) -> np.ndarray:
-    """Return the central finite-difference gradient of a scalar numpy function."""
-    grad = np.zeros_like(x)
-    for index in np.ndindex(x.shape):
-        plus, minus = x.copy(), x.copy()
-        plus[index] += step
-        minus[index] -= step
-        grad[index] = (function(plus) - function(minus)) / (2 * step)
-    return grad
 
 
 def autograd(loss_fn, *arrays: np.ndarray) -> tuple[float, list]:

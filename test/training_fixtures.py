@@ -1,4 +1,4 @@
-"""Set-up shared by the Pair-VPR training tests: recipe folder, single thread, no progress bars.
+"""Set-up shared by the training tests: recipes, single thread, no progress bars, gradients.
 
 A test module activates the autouse fixture by importing it::
 
@@ -9,6 +9,7 @@ A test module activates the autouse fixture by importing it::
 from typing import Iterable, Iterator
 
 from conftest import REPO_ROOT
+import numpy as np
 import pytest
 import torch
 
@@ -27,3 +28,14 @@ def one_thread() -> Iterator[None]:
 def quiet(iterable: Iterable, total: int) -> Iterable:
     """Return the batches without a progress bar."""
     return iterable
+
+
+def finite_difference(function, x: np.ndarray, step: float = 1e-6) -> np.ndarray:
+    """Return the central finite-difference gradient of a scalar numpy function."""
+    grad = np.zeros_like(x)
+    for index in np.ndindex(x.shape):
+        plus, minus = x.copy(), x.copy()
+        plus[index] += step
+        minus[index] -= step
+        grad[index] = (function(plus) - function(minus)) / (2 * step)
+    return grad
