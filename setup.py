@@ -15,6 +15,7 @@ ROS_WHEELS = [
 TEST = [
     'pytest', 'flake8', 'pydocstyle', 'ros-ament-flake8', 'ros-ament-pep257', 'flake8-quotes',
     'flake8-import-order', 'flake8-builtins', 'flake8-comprehensions', 'colcon-common-extensions',
+    'hypothesis',
 ]
 
 
@@ -25,9 +26,6 @@ def _data_files() -> list:
         (f'share/{PACKAGE}/launch', sorted(glob('launch/*.launch.py'))),
         (f'share/{PACKAGE}/config', sorted(glob('config/*.yaml'))),
     ]
-    weights = sorted(glob('vpr_ros/weights/*.safetensors'))
-    if weights:
-        files.append((f'share/{PACKAGE}/weights', weights))
     return files
 
 
@@ -37,7 +35,9 @@ setup(
     packages=find_packages(include=['vpr_ros', 'vpr_ros.*'])
     + find_packages('training', include=['vpr_ros_training', 'vpr_ros_training.*']),
     package_dir={'vpr_ros_training': os.path.join('training', 'vpr_ros_training')},
-    package_data={'vpr_ros_training': ['configs/*.yaml']},
+    # The shipped pair-classifier weights live inside the package (found next to the code).
+    package_data={'vpr_ros': ['weights/*.safetensors', 'weights/*.json'],
+                  'vpr_ros_training': ['configs/*.yaml']},
     data_files=_data_files(),
     python_requires='>=3.10',
     install_requires=[
@@ -50,7 +50,9 @@ setup(
         'gpu': ['faiss-gpu'],
         'ros': ROS_WHEELS,
         'train': ['pytorch-metric-learning', 'tensorboard'],
-        'test': TEST + ['pytorch-metric-learning', 'scikit-learn', 'shapely', 'h5py'],
+        'onnx': ['onnx', 'onnxruntime', 'onnxscript'],
+        'test': TEST + ['pytorch-metric-learning', 'scikit-learn', 'shapely', 'h5py', 'onnx',
+                        'onnxruntime', 'onnxscript'],
     },
     zip_safe=True,
     maintainer='vpr_ros maintainers',
@@ -69,6 +71,7 @@ setup(
             'vpr-demo-live = vpr_ros.ros.demo_live:main',
             'vpr-bag-play = vpr_ros.ros.bag_player:main',
             'vpr-eval-live = vpr_ros.ros.replay_evaluation:main',
+            'vpr-soak = vpr_ros.ros.soak:main',
             'vpr-train-stage-one = vpr_ros_training.stage_one:main',
             'vpr-train-stage-two = vpr_ros_training.stage_two:main',
             'vpr-train-export = vpr_ros_training.export:main',

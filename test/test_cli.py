@@ -37,7 +37,7 @@ def test_map_build_info_localize(folder: Path, tmp_path: Path, capsys) -> None:
     assert vpr_map.main(['build', str(folder), '--out', str(map_dir)]) == 2  # no overwrite
     assert vpr_map.main(['info', str(map_dir)]) == 0
     info = json.loads(capsys.readouterr().out.split('\n', 1)[1])
-    assert (info['places'], info['with_pose'], info['model']) == (6, 6, 'efficientnet_lite0_gem')
+    assert (info['places'], info['with_pose'], info['model']) == (6, 6, 'pairvpr_lite')
     out = tmp_path / 'matches.csv'
     assert vpr_localize.main([str(folder), '--map', str(map_dir), '--out', str(out),
                               '--candidates', '3']) == 0

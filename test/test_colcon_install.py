@@ -50,6 +50,19 @@ def test_layout(install: Path) -> None:
     assert (install / 'share' / 'ament_index' / 'resource_index' / 'packages' / 'vpr_ros').exists()
 
 
+def test_shipped_weights_are_installed_with_the_package(install: Path) -> None:
+    """The installed vpr_ros finds its shipped pair-classifier weights inside the install."""
+    site = next(install.glob('lib/python*/site-packages'))
+    code = ('from vpr_ros.core.models.checkpoint import shipped_weights_path as p; '
+            "print(p('pairvpr_lite'))")
+    out = subprocess.run([sys.executable, '-c', code], env=dict(os.environ, PYTHONPATH=str(site)),
+                         cwd=install, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    path = Path(out.stdout.strip())
+    assert path.is_file() and site in path.parents
+    assert path.with_suffix('.json').is_file()
+
+
 def test_share_directory_resolves_through_the_ament_index(install: Path) -> None:
     """get_package_share_directory finds the install, as ros2 launch does."""
     env = dict(os.environ, AMENT_PREFIX_PATH=str(install))

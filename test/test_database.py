@@ -1,5 +1,6 @@
 """Map database: FAISS search against numpy brute force, save/load, validation, threads."""
 
+from dataclasses import replace
 import hashlib
 import json
 from pathlib import Path
@@ -125,7 +126,7 @@ def test_hnsw_recall_against_brute_force() -> None:
 
 def test_ivfpq_exact_until_trained_then_approximate(tmp_path: Path) -> None:
     """IVF-PQ answers exactly before training, then finds most true neighbours; survives saving."""
-    config = IndexConfig(kind='ivfpq', ivf_nlist=16, ivf_nprobe=16, pq_m=8)
+    config = IndexConfig(kind='ivfpq', ivf_nlist=16, ivf_nprobe=16, pq_m=8, refine_k=0)
     train_size = database.ivfpq_train_size(config)
     vectors = synthetic_descriptors(train_size, seed=5, clusters=64, spread=1.0)
     queries = vectors[::97][:50] + 0.0
@@ -144,6 +145,26 @@ def test_ivfpq_exact_until_trained_then_approximate(tmp_path: Path) -> None:
     loaded = MapDatabase.load(db.save(tmp_path / 'ivfpq'), expected_spec=SPEC)
     assert loaded.index_type == 'ivfpq'
     np.testing.assert_array_equal(loaded.search(queries, 10)[1], ids)
+
+
+def test_ivfpq_refine_rescores_exactly() -> None:
+    """With refine_k the IVF-PQ shortlist is re-scored exactly: similarities equal numpy's."""
+    config = IndexConfig(kind='ivfpq', ivf_nlist=16, ivf_nprobe=4, pq_m=8, refine_k=200)
+    train_size = database.ivfpq_train_size(config)
+    vectors = synthetic_descriptors(train_size, seed=6, clusters=64, spread=1.0)
+    queries = vectors[::89][:40] + 0.0
+    db = MapDatabase(SPEC, config, store_tokens=False)
+    db.add(vectors, make_entries(train_size))
+    assert db.index_type == 'ivfpq'
+    sims, ids = db.search(queries, 10)
+    np.testing.assert_allclose(sims, np.einsum('qd,qkd->qk', queries, vectors[ids]), atol=1e-5)
+    assert np.all(np.diff(sims, axis=1) <= 1e-6)
+    plain = MapDatabase(SPEC, replace(config, refine_k=0), store_tokens=False)
+    plain.add(vectors, make_entries(train_size))
+    ref_ids = brute_force(vectors, queries, 10)[1]
+    overlap = [np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, ref_ids)])
+               for found in (ids, plain.search(queries, 10)[1])]
+    assert overlap[0] >= overlap[1] and overlap[0] >= 0.9, overlap
 
 
 def test_search_pads_with_minus_one() -> None:

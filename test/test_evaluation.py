@@ -290,3 +290,78 @@ def test_cli_reports_dataset_errors(tmp_path: Path, capsys) -> None:
                         '--out', str(tmp_path / 'out')])
     assert rc == 1
     assert 'does not exist' in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------- loop-closure sequences
+
+def _sequence_folder(root: Path, count: int = 14, revisit_from: int = 9) -> Path:
+    """Write frames 1..count; frames from ``revisit_from`` on revisit frames 1, 2, ...."""
+    import cv2
+    rng = np.random.default_rng(4)
+    (root / 'images').mkdir(parents=True)
+    blocks = [rng.integers(0, 256, (6, 8, 3), dtype=np.uint8) for _ in range(count)]
+    loops = []
+    for i in range(count):
+        frame = i + 1
+        source = blocks[i]
+        if frame >= revisit_from:
+            source = blocks[frame - revisit_from]
+            loops.append({'frame': frame, 'revisits': [frame - revisit_from + 1]})
+        image = np.kron(source, np.ones((8, 8, 1), dtype=np.uint8))
+        noisy = np.clip(image.astype(int) + rng.integers(-15, 16, image.shape), 0, 255)
+        cv2.imwrite(str(root / 'images' / f'{frame}.png'), noisy.astype(np.uint8)[..., ::-1])
+    names = [f'{i + 1}.png' for i in range(count)]
+    (root / 'ground_truth.json').write_text(json.dumps({'frames': names, 'loops': loops}))
+    return root
+
+
+def test_sequence_protocol_equals_brute_force(small_model, tmp_path: Path) -> None:
+    """Frame i is ranked among frames <= i - gap only; Recall@N counts revisiting frames."""
+    from vpr_ros.core.benchmark_datasets import read_sequence_dataset
+    dataset = read_sequence_dataset(_sequence_folder(tmp_path / 'seq'), min_gap=5)
+    assert dataset.sequence_gap == 5 and dataset.queries_without_positives == 8
+    result = evaluate(small_model, dataset, top_k=3, rerank=False, recall_values=(1, 2))
+    from vpr_ros.core.preprocessing import preprocess
+    with torch.inference_mode():
+        d = small_model.global_descriptor(preprocess(
+            [dataset.query_image(i) for i in range(14)], small_model.spec)).numpy()
+    hits = {1: 0, 2: 0}
+    for i in range(14):
+        allowed = np.arange(max(i - 4, 0))
+        expected = allowed[np.argsort(-(d[allowed] @ d[i]), kind='stable')][:3]
+        found = result.predictions[i][result.predictions[i] >= 0]
+        assert list(found) == list(expected), i
+        for n in hits:
+            hits[n] += bool(set(expected[:n]) & set(dataset.positives[i].tolist()))
+    assert result.recalls == pytest.approx({n: 100.0 * h / 6 for n, h in hits.items()})
+    assert result.loop_closure['queries_with_true_match'] == 6
+    assert result.loop_closure['decisions'] == 14 - 5
+
+
+def test_sequence_reader_names_problems(tmp_path: Path) -> None:
+    """A missing frame file or a malformed loop entry is a DatasetError naming it."""
+    from vpr_ros.core.benchmark_datasets import read_sequence_dataset
+    root = _sequence_folder(tmp_path / 'seq')
+    (root / 'images' / '3.png').unlink()
+    with pytest.raises(DatasetError, match='missing'):
+        read_sequence_dataset(root)
+    root = _sequence_folder(tmp_path / 'seq2')
+    (root / 'ground_truth.json').write_text(json.dumps(
+        {'frames': ['1.png'], 'loops': [{'frame': 'x', 'revisits': []}]}))
+    with pytest.raises(DatasetError, match='loop entry 0'):
+        read_sequence_dataset(root)
+
+
+def test_cli_sequence_report_has_reliability(tmp_path: Path, capsys) -> None:
+    """vpr-eval on a sequence writes the reliability diagram and its numbers."""
+    root = _sequence_folder(tmp_path / 'seq')
+    out = tmp_path / 'report'
+    rc = vpr_eval.main(['--dataset-format', 'sequence', '--dataset', str(root), '--min-gap', '5',
+                        '--model', 'efficientnet_lite0_gem', '--out', str(out), '--top-k', '3',
+                        '--recall-values', '1', '2', '--device', 'cpu'])
+    assert rc == 0
+    metrics = json.loads((out / 'metrics.json').read_text())
+    table = metrics['calibration']['reliability']
+    assert sum(table['count']) == 9 and 0.0 <= table['ece'] <= 1.0
+    assert (out / 'reliability.png').read_bytes().startswith(PNG_MAGIC)
+    assert metrics['dataset']['format'] == 'sequence'

@@ -97,6 +97,21 @@ def test_temporal_consistency(filled: Localizer) -> None:
     assert jump.best.map_id == 11
 
 
+def test_temporal_consistency_by_map_ids_without_poses(model) -> None:
+    """Map places without poses agree when their map ids are within temporal_max_id_gap."""
+    localizer = Localizer(model, MapDatabase(model.spec),
+                          LocalizerConfig(top_k=3, rerank=False, accept_probability=0.0,
+                                          temporal_window=1, temporal_max_id_gap=2))
+    images = _images(12)
+    for i, image in enumerate(images):
+        localizer.add_to_map(image, stamp_ns=i * 10 ** 8, pose=None)
+    reasons = [localizer.localize(images[i]).reason for i in (4, 5, 7, 9)]
+    # 5 follows 4 (1 id), 7 is 2 ids after 5, 9 follows 7 by 2 ids: all within 2.
+    assert reasons == ['temporal', 'accepted', 'accepted', 'accepted']
+    jump = localizer.localize(images[1])  # 8 ids before the last match
+    assert (jump.best.map_id, jump.reason) == (1, 'temporal')
+
+
 def test_threshold_rejects(filled: Localizer) -> None:
     """A probability threshold of 1 rejects even a perfect global match."""
     filled.update_config(LocalizerConfig(top_k=3, rerank=False, accept_probability=1.0))

@@ -185,3 +185,23 @@ def test_average_precision_matches_scikit_learn() -> None:
     precision, recall, _ = precision_recall(scores, labels)
     expected = metrics.average_precision_score(labels, scores)
     assert pr_auc(precision, recall) == pytest.approx(expected)
+
+
+def test_reliability_matches_a_hand_count() -> None:
+    """Bins, per-bin accuracy and ECE against values worked out by hand."""
+    from vpr_ros.core.metrics import precision_at_probability, reliability
+    p = [0.05, 0.15, 0.95, 0.92, 0.91, 1.0, float('nan')]
+    y = [False, True, True, True, False, True, True]
+    table = reliability(p, y, bins=10)
+    assert table['decisions'] == 6
+    assert table['count'] == [1, 1, 0, 0, 0, 0, 0, 0, 0, 4]
+    assert table['accuracy'][9] == pytest.approx(0.75)
+    assert table['mean_probability'][9] == pytest.approx((0.95 + 0.92 + 0.91 + 1.0) / 4)
+    expected_ece = (1 * 0.05 + 1 * 0.85 + 4 * abs(0.75 - 0.945)) / 6
+    assert table['ece'] == pytest.approx(expected_ece)
+    assert table['brier'] == pytest.approx(np.mean(
+        (np.array(p[:6]) - np.array(y[:6], float)) ** 2))
+    at = precision_at_probability(p, y, 0.9)
+    assert (at['accepted'], at['correct']) == (4, 3) and at['precision'] == pytest.approx(0.75)
+    with pytest.raises(ConfigError, match=r'\[0, 1\]'):
+        reliability([1.5], [True])

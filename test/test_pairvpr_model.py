@@ -431,7 +431,7 @@ def edit_spec(**changes):
 
 @pytest.mark.parametrize('edit,message', [
     (lambda m: m.update(format='other'), 'not a vpr_ros checkpoint'),
-    (lambda m: m.update(version='2'), 'version'),
+    (lambda m: m.update(version='3'), 'version'),
     (lambda m: m.pop('spec'), 'no model spec'),
     (lambda m: m.update(spec='{not json'), 'not valid JSON'),
     (edit_spec(architecture='pairvpr_vitz14'), 'cannot rebuild'),

@@ -11,7 +11,7 @@ from safetensors.torch import load_file, save_file
 import torch
 
 from vpr_ros.core.errors import CheckpointError
-from vpr_ros.core.models.checkpoint import load_checkpoint, save_checkpoint, tensor_digest
+from vpr_ros.core.models.checkpoint import checkpoint_digest, load_checkpoint, save_checkpoint
 from vpr_ros.core.models.efficientnet import create_lite0_encoder
 from vpr_ros.core.models.registry import create_model
 
@@ -54,7 +54,7 @@ def read(path) -> tuple[dict, dict]:
 def write(path, state: dict, metadata: dict, rehash: bool = True) -> None:
     """Write ``state`` and ``metadata``; ``rehash`` stores a matching sha256 (careful forger)."""
     if rehash:
-        metadata = dict(metadata, sha256=tensor_digest(state))
+        metadata = dict(metadata, sha256=checkpoint_digest(state, metadata))
     save_file(state, str(path), metadata=metadata)
 
 

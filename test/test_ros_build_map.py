@@ -78,6 +78,8 @@ def test_build_map_from_bag_then_localize_second_traversal(setup) -> None:
     localize = graph.add(LocalizeNode(context=graph.context, parameter_overrides=[
         Parameter('map_path', value=map_path), Parameter('checkpoint', value=checkpoint),
         Parameter('map_watch_period_s', value=0.2), Parameter('localizer.device', value='cpu'),
+        Parameter('localizer.accept_probability', value=0.5),
+        Parameter('localizer.temporal_window', value=0),
         Parameter('diagnostics_period_s', value=0.2)]))
     builder = _build_map_node(graph, map_path, checkpoint)
     player = BagPlayer(PlayerConfig(image_topic='image', pose_topic='odom', lock_step=False,

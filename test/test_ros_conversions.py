@@ -140,8 +140,8 @@ def test_stamp_round_trip(stamp_ns: int) -> None:
 
 def _candidates() -> list:
     return [Candidate(3, 1_600_000_000_500_000_000, 0.91, 4.5, 0.97,
-                      pose_from_xy_yaw(1, 2, 0.3)),
-            Candidate(7, 12, 0.55, math.nan, 0.2, None),
+                      pose_from_xy_yaw(1, 2, 0.3), 77.3),
+            Candidate(7, 12, 0.55, math.nan, 0.2, None, 0.55),
             Candidate(2**31 + 5, 0, -0.1, -3.0, 0.0, Pose((0, 0, 1), (0, 0, 0, 1)))]
 
 
@@ -155,6 +155,7 @@ def test_matches_round_trip() -> None:
         assert got.global_similarity == want.global_similarity
         assert got.probability == want.probability
         assert got.pair_score == want.pair_score or math.isnan(want.pair_score)
+        assert got.score == want.score or math.isnan(want.score)
         if want.pose is None:
             assert got.pose is None
         else:

@@ -28,6 +28,8 @@ PLACES = range(10)
 STAMPS = itertools.count(1_000_000_000_000, 100_000_000)   # strictly increasing, 0.1 s apart
 TIMEOUT_S = 20.0
 NODE_PARAMETERS = [Parameter('map_frame', value='world'), Parameter('localizer.top_k', value=5),
+                   Parameter('localizer.accept_probability', value=0.5),
+                   Parameter('localizer.temporal_window', value=0),
                    Parameter('diagnostics_period_s', value=0.2),
                    Parameter('min_position_stddev_m', value=0.25)]
 

@@ -55,7 +55,9 @@ def test_node_process_answers_with_remapped_pose_and_stops_cleanly(files) -> Non
     checkpoint, map_path = files
     process = _start('-r', '__ns:=/robot', '-r', '~/pose:=/initialpose',
                      '-p', f'map_path:={map_path}', '-p', f'checkpoint:={checkpoint}',
-                     '-p', 'image_topic:=camera/image_raw', '-p', 'localizer.device:=cpu')
+                     '-p', 'image_topic:=camera/image_raw', '-p', 'localizer.device:=cpu',
+                     '-p', 'localizer.accept_probability:=0.5',
+                     '-p', 'localizer.temporal_window:=0')
     graph = RosGraph(DOMAIN)
     try:
         probe = graph.add(Node('process_probe', context=graph.context))

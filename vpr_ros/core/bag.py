@@ -4,7 +4,9 @@ No ROS installation is needed: messages are (de)serialised with the ``rosbags`` 
 Jazzy (the definitions of the image and pose messages used here are the same in every ROS 2
 release). Topic names are compared with a leading ``/`` added when missing, so
 ``'camera/image_raw'`` and ``'/camera/image_raw'`` name the same topic; bags are written with the
-leading ``/`` as ``ros2 bag record`` does.
+leading ``/`` as ``ros2 bag record`` does. A damaged or forged bag raises :class:`BagError`
+naming the bag, whichever layer fails (storage file, sqlite database, mcap records, CDR message
+data), never another exception.
 
 Images: ``sensor_msgs/msg/Image`` (the encodings of :mod:`vpr_ros.core.image_codec`) or
 ``sensor_msgs/msg/CompressedImage`` (JPEG/PNG). Poses: ``nav_msgs/msg/Odometry``,
@@ -17,12 +19,15 @@ import logging
 import os
 from pathlib import Path
 import shutil
+import sqlite3
+import struct
 import tempfile
 from typing import Any, Iterable, Iterator, Optional, Union
 
 import numpy as np
 from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 from rosbags.rosbag2.errors import ReaderError, WriterError
+from rosbags.serde import SerdeError
 from rosbags.typesys import get_typestore, Stores
 
 from vpr_ros.core.errors import BagError, ConfigError, ImageDecodeError
@@ -50,6 +55,16 @@ COMPRESSED_FORMAT = 'rgb8; jpeg compressed bgr8'
 """``format`` string written for JPEG images (as ``compressed_image_transport`` writes it)."""
 
 PathLike = Union[str, Path]
+
+try:  # rosbags reads sqlite3 bags with apsw when it is installed
+    from apsw import Error as _ApswError
+except ImportError:  # pragma: no cover
+    _ApswError = sqlite3.Error
+
+DAMAGED_BAG_ERRORS = (ReaderError, SerdeError, OSError, ValueError, KeyError, IndexError,
+                      TypeError, AttributeError, ArithmeticError, struct.error, sqlite3.Error,
+                      _ApswError, MemoryError, RecursionError)
+"""What ``rosbags`` raises on a damaged file (its own errors and those of the layers below it)."""
 
 
 @functools.lru_cache(maxsize=1)
@@ -88,9 +103,31 @@ def _open_reader(path: Path) -> Reader:
     try:
         reader = Reader(path)
         reader.open()
-    except (ReaderError, OSError, ValueError, KeyError) as exc:
-        raise BagError(f'cannot open bag {path}: {exc}') from exc
+    except DAMAGED_BAG_ERRORS as exc:
+        raise BagError(f'cannot open bag {path}: {exc!r}') from exc
     return reader
+
+
+def _messages(reader: Reader, path: Path, connections: list) -> Iterator[tuple]:
+    """Yield ``(connection, time, raw)`` of ``connections``; a damaged record is a BagError."""
+    records = reader.messages(connections)
+    while True:
+        try:
+            item = next(records)
+        except StopIteration:
+            return
+        except DAMAGED_BAG_ERRORS as exc:
+            raise BagError(f'bag {path} is damaged: {exc!r}') from exc
+        yield item
+
+
+def _deserialize(raw: Any, connection: Any, path: Path) -> Any:
+    """Deserialise one CDR message; data that does not fit its type is a BagError."""
+    try:
+        return _typestore().deserialize_cdr(raw, connection.msgtype)
+    except DAMAGED_BAG_ERRORS as exc:
+        raise BagError(f'bag {path}: a {connection.msgtype} message on {connection.topic} is '
+                       f'damaged: {exc!r}') from exc
 
 
 def list_topics(path: PathLike) -> dict[str, str]:
@@ -145,10 +182,9 @@ def _pose_from_message(msg: Any) -> Optional[Pose]:
 
 def _read_poses(reader: Reader, path: Path, topic: str) -> tuple[np.ndarray, list[Pose]]:
     """Return the pose stamps (sorted) and the poses of ``topic``."""
-    store = _typestore()
     stamped = []
-    for conn, _, raw in reader.messages(_connections(reader, path, topic, POSE_TYPES)):
-        msg = store.deserialize_cdr(raw, conn.msgtype)
+    for conn, _, raw in _messages(reader, path, _connections(reader, path, topic, POSE_TYPES)):
+        msg = _deserialize(raw, conn, path)
         pose = _pose_from_message(msg)
         if pose is not None:
             stamped.append((_stamp_ns(msg.header), pose))
@@ -179,8 +215,8 @@ def read_frames(path: PathLike, image_topic: str, pose_topic: Optional[str] = No
     one at a time in a second.
 
     Raises:
-        BagError: missing or unreadable bag, missing topic (the message lists the available
-            topics) or unsupported message type.
+        BagError: missing, unreadable or damaged bag, missing topic (the message lists the
+            available topics) or unsupported message type.
         ImageDecodeError: an image message cannot be decoded (the message names it).
     """
     path = Path(path)
@@ -189,9 +225,8 @@ def read_frames(path: PathLike, image_topic: str, pose_topic: Optional[str] = No
         image_conns = _connections(reader, path, image_topic, IMAGE_TYPES)
         stamps, poses = (_read_poses(reader, path, pose_topic) if pose_topic
                          else (np.zeros(0, np.int64), []))
-        store = _typestore()
-        for conn, _, raw in reader.messages(image_conns):
-            msg = store.deserialize_cdr(raw, conn.msgtype)
+        for conn, _, raw in _messages(reader, path, image_conns):
+            msg = _deserialize(raw, conn, path)
             stamp = _stamp_ns(msg.header)
             source = f'bag:{path.name}#{conn.topic}@{stamp}'
             try:

@@ -18,6 +18,10 @@ indices that count as correct. The protocols follow ``shared/reference/eval.md``
 - ``pitts`` (30k / 250k) and ``tokyo`` (Tokyo 24/7, queries resized to max side 640): either the
   VPR-datasets-downloader folder layout or the NetVLAD ``dbStruct`` ``.mat`` files.
 - pose-based: two frame lists with poses (:func:`pairs_from_traversals`, :func:`read_bag_pair`).
+- ``sequence``: one loop-closure sequence (``images/`` in capture order and a ground truth of
+  revisits, as ``rtabmap_samples``). Every frame is a query against the frames at least
+  ``min_gap`` earlier, which the map holds by then (the map grows as in SLAM); Recall@N counts
+  the frames that revisit a place, and every other frame is a chance for a false loop closure.
 
 Object (pickled) ``.npy`` files are never loaded; convert them to JSON first.
 """
@@ -73,6 +77,9 @@ class EvalDataset:
         positives: per query, the sorted ``int64`` database indices that are correct matches.
         query_max_side: queries are shrunk so their longer side is at most this (Tokyo 24/7).
         info: protocol details recorded with results (threshold, source files...).
+        sequence_gap: set for a loop-closure sequence (queries and database are the same
+            frames): query ``i`` is matched against database frames ``<= i - sequence_gap``
+            only, and Recall@N counts only the queries that have a positive.
     """
 
     name: str
@@ -81,6 +88,7 @@ class EvalDataset:
     positives: tuple
     query_max_side: Optional[int] = None
     info: dict = field(default_factory=dict)
+    sequence_gap: Optional[int] = None
 
     def __post_init__(self) -> None:
         """Check that there is one positive list per query and every index is in range."""
@@ -656,10 +664,61 @@ def read_bag_pair(map_bag: PathLike, query_bag: PathLike, image_topic: str, pose
     return replace(dataset, info=info)
 
 
+# ------------------------------------------------------------------------- loop sequence
+
+def read_sequence_dataset(root: PathLike, ground_truth: str = 'ground_truth.json',
+                          image_dir: str = 'images', min_gap: int = 10,
+                          name: Optional[str] = None) -> EvalDataset:
+    """Read a loop-closure sequence: frames in capture order and the places they revisit.
+
+    The ground truth is ``{"frames": [file names in order], "loops": [{"frame": f,
+    "revisits": [earlier frames]}]}`` with 1-based frame numbers (the ``rtabmap_samples``
+    layout). Frame ``i`` may only match frames ``<= i - min_gap``, so revisits closer in time
+    than that are dropped from its positives.
+    """
+    root = Path(root)
+    if min_gap < 1:
+        raise DatasetError(f'sequence min_gap must be at least 1 frame, got {min_gap}')
+    data = _read_json(root / ground_truth)
+    if not isinstance(data, dict) or not isinstance(data.get('frames'), list):
+        raise DatasetError(f'{root / ground_truth}: expected {{"frames": [...], "loops": '
+                           '[...]} (a loop-closure sequence)')
+    files = [root / image_dir / str(frame) for frame in data['frames']]
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise DatasetError(f'{root}: {len(missing)} sequence frames are missing, first '
+                           f'{missing[0]}')
+    positives = _sequence_positives(data.get('loops', []), len(files), min_gap,
+                                    root / ground_truth)
+    info = {'format': 'sequence', 'ground_truth': ground_truth, 'min_gap_frames': min_gap,
+            'frames_with_revisits': sum(1 for p in positives if len(p))}
+    return EvalDataset(name or root.name, tuple(files), tuple(files), tuple(positives),
+                       info=info, sequence_gap=min_gap)
+
+
+def _sequence_positives(loops: Any, count: int, min_gap: int, path: Path) -> list[np.ndarray]:
+    """Return 0-based positives per frame from 1-based ``{"frame", "revisits"}`` entries."""
+    if not isinstance(loops, list):
+        raise DatasetError(f'{path}: "loops" must be a list')
+    positives = [np.empty(0, np.int64) for _ in range(count)]
+    for n, item in enumerate(loops):
+        try:
+            frame = int(item['frame']) - 1
+            revisits = np.asarray([int(v) - 1 for v in item['revisits']], dtype=np.int64)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DatasetError(f'{path}: loop entry {n} needs an integer "frame" and a list of '
+                               f'integer "revisits" ({exc!r})') from exc
+        if not 0 <= frame < count:
+            raise DatasetError(f'{path}: loop entry {n} names frame {frame + 1} of {count}')
+        revisits = np.unique(revisits)
+        positives[frame] = revisits[(revisits >= 0) & (revisits <= frame - min_gap)]
+    return positives
+
+
 # ------------------------------------------------------------------------------ dispatcher
 
 FORMATS = ('folder', 'index-list', 'nordland', 'msls-val', 'msls-test', 'pitts', 'tokyo',
-           'bags')
+           'bags', 'sequence')
 
 
 def load_dataset(fmt: str, path: PathLike, **options: Any) -> EvalDataset:
@@ -671,7 +730,8 @@ def load_dataset(fmt: str, path: PathLike, **options: Any) -> EvalDataset:
     """
     readers = {'folder': read_folder_dataset, 'index-list': read_index_list_dataset,
                'nordland': read_nordland, 'msls-val': read_msls_val,
-               'msls-test': read_msls_test, 'pitts': read_pittsburgh, 'tokyo': read_tokyo247}
+               'msls-test': read_msls_test, 'pitts': read_pittsburgh, 'tokyo': read_tokyo247,
+               'sequence': read_sequence_dataset}
     if fmt == 'bags':
         options = dict(options)
         query_bag = options.pop('query_bag', None)

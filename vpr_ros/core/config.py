@@ -9,11 +9,16 @@ import typing
 from typing import Any, Type, TypeVar
 
 from vpr_ros.core.errors import ConfigError
+from vpr_ros.core.fusion import BETA_FROM_CHECKPOINT, FUSIONS
 
 T = TypeVar('T')
 
 INDEX_KINDS = ('flat', 'hnsw', 'ivfpq')
+DEFAULT_MODEL = 'pairvpr_lite'
+"""Registry model used when none is named (with its shipped trained pair classifier)."""
 DEVICES = ('auto', 'cpu', 'cuda')
+BACKENDS = ('torch', 'onnx', 'tensorrt')
+ACCELERATIONS = ('none', 'compile', 'cuda_graphs')
 PRECISIONS = ('fp32', 'fp16', 'bf16')
 
 
@@ -53,6 +58,8 @@ class IndexConfig:
     ivf_nprobe: int = option(8, 'IVF-PQ cells visited per query', (1, 65536))
     pq_m: int = option(16, 'IVF-PQ sub-quantizers (must divide the descriptor dimension)',
                        (1, 512))
+    refine_k: int = option(100, 'IVF-PQ: re-score this many approximate candidates exactly '
+                           'from the stored descriptors (0 = off)', (0, 100000))
     use_gpu: bool = option(True, 'use faiss GPU when it is installed and CUDA is present')
     search_threads: int = option(1, 'OpenMP threads for FAISS on the CPU (process-wide; 0 keeps '
                                  'the FAISS default of one per core)', (0, 1024))
@@ -66,25 +73,48 @@ class IndexConfig:
 class LocalizerConfig:
     """Localization pipeline: shortlist, re-ranking and acceptance."""
 
-    top_k: int = option(100, 'candidates shortlisted by global search and re-ranked', (1, 10000))
+    top_k: int = option(20, 'candidates shortlisted by global search and re-ranked (the shipped '
+                        'pair classifier was trained and calibrated on 20)', (1, 10000))
     rerank: bool = option(True, 're-rank the shortlist with the pair classifier '
                           '(when the model has one)')
+    rerank_fusion: str = option('fused', 'ranking score of a re-ranked shortlist: fused (pair '
+                                'score + fusion_beta * global similarity), pair (pair score '
+                                'alone) or global (global similarity; pair scores still '
+                                'reported)', choices=FUSIONS)
+    fusion_beta: float = option(BETA_FROM_CHECKPOINT, 'weight of the global similarity in the '
+                                'fused score; -1 = the value stored with the checkpoint',
+                                (BETA_FROM_CHECKPOINT, 1e6))
     rerank_batch_size: int = option(50, 'candidate pairs scored per pair-classifier batch',
                                     (1, 4096))
-    accept_probability: float = option(0.5, 'accept a match whose calibrated probability '
-                                       'reaches it', (0.0, 1.0))
-    temporal_window: int = option(0, 'accept only if the last N accepted matches agree (0 = off)',
+    accept_probability: float = option(0.99, 'accept a match whose calibrated probability '
+                                       'reaches it (a false loop closure corrupts a SLAM map: '
+                                       'the default favours precision)', (0.0, 1.0))
+    temporal_window: int = option(1, 'accept only if the best matches of the last N queries '
+                                  'that passed the threshold agree with this one (0 = off)',
                                   (0, 100))
     temporal_max_distance_m: float = option(10.0, 'distance within which consecutive matches '
                                             'agree', (0.0, 1e6))
+    temporal_max_id_gap: int = option(3, 'for map places without a pose: consecutive matches '
+                                      'agree when their map ids (insertion order, i.e. recording '
+                                      'order) are at most this far apart', (0, 10 ** 9))
     batch_size: int = option(16, 'images per descriptor-extraction batch', (1, 1024))
     device: str = option('auto', 'inference device: auto, cpu or cuda', choices=DEVICES)
-    precision: str = option('fp32', 'autocast precision on CUDA: fp32, fp16 or bf16',
-                            choices=PRECISIONS)
+    precision: str = option('fp32', 'autocast precision on CUDA: fp32, fp16 or bf16 (bf16 also '
+                            'runs the torch backend in bfloat16 on a CPU)', choices=PRECISIONS)
+    backend: str = option('torch', 'inference backend: torch (PyTorch), onnx (onnxruntime; CUDA '
+                          'provider on GPUs, else CPU) or tensorrt (onnxruntime TensorRT '
+                          'provider, fp16 engines cached)', choices=BACKENDS)
+    backend_cache_dir: str = option('', 'exported ONNX graphs and TensorRT engines ("" = '
+                                    '$VPR_ROS_CACHE/onnx or ~/.cache/vpr_ros/onnx)')
+    accelerate: str = option('none', 'torch backend on CUDA: none, compile (torch.compile) or '
+                             'cuda_graphs', choices=ACCELERATIONS)
 
     def __post_init__(self) -> None:
-        """Validate values."""
+        """Validate values; ``fusion_beta`` is -1 (the checkpoint's) or at least 0."""
         validate(self)
+        if self.fusion_beta != BETA_FROM_CHECKPOINT and self.fusion_beta < 0.0:
+            raise ConfigError(f'LocalizerConfig.fusion_beta={self.fusion_beta!r} must be -1 '
+                              '(the checkpoint value) or at least 0')
 
 
 def validate(obj: Any) -> None:

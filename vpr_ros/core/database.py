@@ -30,14 +30,23 @@ On disk a map is a directory (see ``docs/architecture.md``)::
     descriptors.npy  [N, D] float32
     tokens.f16       raw little-endian float16 [N, T, C] (only when the map stores tokens)
 
-:meth:`MapDatabase.save` is atomic; :meth:`MapDatabase.load` checks every file and raises
-:class:`MapFormatError` or :class:`MapMismatchError` naming the file and the problem. Checksums
+:meth:`MapDatabase.save` is atomic, also against a process killed at any point (the directories
+are exchanged in one ``renameat2`` call; the next save removes what a killed one left behind);
+:meth:`MapDatabase.load` checks every file and raises :class:`MapFormatError` or
+:class:`MapMismatchError` naming the file and the problem. No file reaches a parser unchecked:
+the ``.npy`` header and the faiss index layout (:mod:`vpr_ros.core.index_layout`) are checked
+against the manifest and the file sizes first, and nothing is ever unpickled. Checksums
 detect corruption and accidental edits; they are not a signature, so a deliberately forged map
 whose checksums were recomputed is caught only by the structural cross-checks (shapes, counts, ids,
 finite unit descriptors, and the flat/HNSW index vectors against ``descriptors.npy``).
 """
 
+from contextlib import contextmanager
+import ctypes
 from dataclasses import dataclass, replace
+import errno
+import functools
+import glob
 import hashlib
 import json
 import logging
@@ -47,16 +56,18 @@ import os
 from pathlib import Path
 import shutil
 import threading
-from typing import Any, Callable, Mapping, Optional, Sequence, Union
+import tokenize
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence, Union
 import uuid
 
 import faiss
 import numpy as np
 
 from vpr_ros.core.config import config_from_dict, config_to_dict, IndexConfig
-from vpr_ros.core.errors import (CheckpointError, ConfigError, MapError, MapFormatError,
-                                 MapMismatchError)
+from vpr_ros.core.errors import (CheckpointError, ConfigError, MapChangedError, MapError,
+                                 MapFormatError, MapMismatchError, MapWriteError)
 from vpr_ros.core.geometry import Pose
+from vpr_ros.core.index_layout import check_index_bytes
 from vpr_ros.core.models.spec import ModelSpec
 
 LOG = logging.getLogger(__name__)
@@ -74,7 +85,14 @@ NORM_TOLERANCE = 1e-2
 IVF_POINTS_PER_CENTROID = 39
 PQ_BITS = 8
 _CHUNK_BYTES = 4 << 20
+MAX_MANIFEST_BYTES = 1 << 20
 _INDEX_TYPES = {'flat': ('flat',), 'hnsw': ('hnsw',), 'ivfpq': ('flat', 'ivfpq')}
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+_WRITE_CAUSES = {errno.ENOSPC: 'the disk is full', errno.EDQUOT: 'the disk quota is exceeded',
+                 errno.EFBIG: 'a file exceeds the file size limit',
+                 errno.EROFS: 'the file system is read-only', errno.EACCES: 'permission denied',
+                 errno.EPERM: 'operation not permitted', errno.ENOENT: 'a directory is missing'}
 
 EntryLike = Union['MapEntry', Mapping[str, Any]]
 
@@ -342,7 +360,62 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _sibling(target: Path, tag: str) -> Path:
-    return target.parent / f'.{target.name}.{tag}-{uuid.uuid4().hex[:12]}'
+    """Return a new hidden sibling name of ``target``; it records this process's id."""
+    return target.parent / f'.{target.name}.{tag}-{os.getpid()}-{uuid.uuid4().hex[:12]}'
+
+
+def _owner_alive(path: Path) -> bool:
+    """Return False when the process recorded in a sibling's name no longer runs."""
+    parts = path.name.rsplit('-', 2)
+    if len(parts) != 3 or not parts[1].isdigit():
+        return True  # not named by _sibling: never touched
+    pid = int(parts[1])
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def _stale_siblings(target: Path, tag: str) -> list[Path]:
+    """Return the ``tag`` siblings of ``target`` left by processes that no longer run."""
+    pattern = f'.{glob.escape(target.name)}.{tag}-*'
+    return [p for p in sorted(target.parent.glob(pattern)) if not _owner_alive(p)]
+
+
+def _restore_aside(target: Path) -> Path:
+    """Rename back a map that a killed save left aside (``.old-``) when ``target`` is missing.
+
+    Only a save that cannot exchange directories atomically renames the old map aside; killed
+    between its two renames it leaves no ``target``. Returns ``target``.
+    """
+    if target.exists() or not target.parent.is_dir():
+        return target
+    aside = [p for p in _stale_siblings(target, 'old') if (p / MANIFEST_FILE).is_file()]
+    if aside:
+        newest = max(aside, key=lambda p: p.stat().st_mtime)
+        try:
+            os.rename(newest, target)
+            LOG.warning('restored map %s left aside by an interrupted save', newest)
+        except OSError as exc:
+            LOG.warning('cannot restore map %s left aside by an interrupted save: %s', newest, exc)
+    return target
+
+
+def _clean_stale(target: Path) -> None:
+    """Recover from killed saves of ``target``: restore a map left aside, remove temporaries.
+
+    A killed save leaves a ``.tmp-`` directory (a partial new map, or the previous map swapped
+    out of place), and possibly the previous map at ``.old-`` (see :func:`_restore_aside`).
+    """
+    _restore_aside(target)
+    for path in _stale_siblings(target, 'old') + _stale_siblings(target, 'tmp'):
+        LOG.info('removing %s left by an interrupted save', path)
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _check_replaceable(target: Path) -> None:
@@ -354,12 +427,44 @@ def _check_replaceable(target: Path) -> None:
         raise MapError(f'refusing to replace {target}: it exists and is not a map directory')
 
 
-def _swap_into_place(new_dir: Path, target: Path) -> None:
-    """Rename ``new_dir`` to ``target``; an existing map is renamed aside first, then removed.
+@functools.lru_cache(maxsize=1)
+def _renameat2() -> Optional[Callable]:
+    """Return libc's ``renameat2`` (Linux, glibc 2.28 or later), or None where it is absent."""
+    try:
+        call = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError, TypeError):
+        return None
+    call.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    call.restype = ctypes.c_int
+    return call
 
-    A crash between the two renames leaves no directory at ``target`` and the previous map, intact,
-    at ``.<name>.old-*`` beside it (:meth:`MapDatabase.load` names it); never a partial map.
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap directories ``a`` and ``b`` in one atomic step; return False where unsupported."""
+    call = _renameat2()
+    if call is None:
+        return False
+    if call(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EXDEV):
+        return False
+    raise OSError(err, os.strerror(err), str(a), None, str(b))
+
+
+def _swap_into_place(new_dir: Path, target: Path) -> None:
+    """Move ``new_dir`` to ``target`` so that ``target`` always holds one whole map.
+
+    An existing map is exchanged with the new one in one atomic ``renameat2(RENAME_EXCHANGE)``
+    (Linux); the previous map then sits in ``new_dir``, which is removed. Where the exchange is
+    unsupported the old map is renamed aside first: a crash between the two renames leaves no
+    directory at ``target`` and the previous map, intact, at ``.<name>.old-*`` beside it
+    (the next load or save of ``target`` renames it back); never a partial map.
     """
+    if target.exists() and _exchange(new_dir, target):
+        _fsync_dir(target.parent)
+        shutil.rmtree(new_dir, ignore_errors=True)
+        return
     old = None
     if target.exists():
         old = _sibling(target, 'old')
@@ -373,6 +478,13 @@ def _swap_into_place(new_dir: Path, target: Path) -> None:
     _fsync_dir(target.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_error(target: Path, exc: OSError) -> MapWriteError:
+    """Return the error of a save to ``target`` that failed with ``exc`` (naming the cause)."""
+    cause = _WRITE_CAUSES.get(exc.errno, 'the file system refused the write')
+    return MapWriteError(f'cannot save map {target}: {cause} ({exc}); no partial map was left '
+                         f'at {target}')
 
 
 def _write_chunks(writer: _HashingWriter, arrays: Sequence[np.ndarray]) -> None:
@@ -549,31 +661,44 @@ class MapDatabase:
         with self._lock:
             kk = min(int(k), len(self._entries))
             if kk and len(q):
-                sims[:, :kk], ids[:, :kk] = self._index.search(q, kk)
+                sims[:, :kk], ids[:, :kk] = self._search(q, kk)
         sims[ids < 0] = -np.inf
         return sims, ids
+
+    def _search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Search the index; an IVF-PQ shortlist of ``refine_k`` is re-scored exactly."""
+        if self._index_kind != 'ivfpq' or self._config.refine_k == 0:
+            return self._index.search(queries, k)
+        shortlist = min(max(self._config.refine_k, k), len(self._entries))
+        _, candidates = self._index.search(queries, shortlist)
+        stored = self._descriptors.view()
+        exact = np.einsum('qkd,qd->qk', stored[np.maximum(candidates, 0)], queries)
+        exact[candidates < 0] = -np.inf
+        order = np.argsort(-exact, axis=1, kind='stable')[:, :k]
+        return (np.take_along_axis(exact, order, axis=1).astype(np.float32),
+                np.take_along_axis(candidates, order, axis=1))
 
     def save(self, path: Union[str, Path]) -> Path:
         """Write the map to directory ``path`` atomically and return it.
 
         Everything is written into a sibling temporary directory, each file and the directory are
-        fsynced, then the old map (if any) is renamed aside, the new one renamed into place and the
-        old one removed. On any failure the temporary directory is removed and ``path`` is left as
-        it was. Afterwards the tokens are served from the saved ``tokens.f16`` (memory-mapped).
+        fsynced, then the new directory is exchanged with the old map (if any) in one atomic
+        rename and the old one removed. On any failure the temporary directory is removed and
+        ``path`` is left as it was; a process killed at any point leaves either the old or the new
+        map at ``path``. Temporary directories of saves that were killed are removed by the next
+        save. Afterwards the tokens are served from the saved ``tokens.f16`` (memory-mapped).
+
+        Raises:
+            MapWriteError: a file system error (disk full, file size limit, read-only or
+                unwritable directory), naming the path and the cause.
+            MapError: ``path`` exists and is not a map directory.
         """
         target = Path(path)
         with self._save_lock:
-            _check_replaceable(target)
-            snap = self._snapshot()
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = _sibling(target, 'tmp')
-            tmp.mkdir()
             try:
-                self._write_dir(tmp, snap)
-                _swap_into_place(tmp, target)
-            except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise
+                snap = self._write_and_swap(target)
+            except OSError as exc:
+                raise _write_error(target, exc) from exc
             if self._tokens is not None and snap.count:
                 base = np.memmap(target / TOKENS_FILE, dtype=TOKEN_DTYPE, mode='r',
                                  shape=(snap.count,) + self._tokens.shape)
@@ -604,22 +729,26 @@ class MapDatabase:
             MapFormatError: missing file, unknown format or version, bad JSON, checksum or size
                 mismatch, inconsistent counts, shapes or ids.
             MapMismatchError: the map was built by another model than ``expected_spec``.
+            MapChangedError: a concurrent :meth:`save` replaced the directory during the load
+                (a :class:`MapFormatError`; loading again reads the new map). A load that
+                returns read every file from one and the same saved map.
         """
-        root = Path(path)
-        manifest = _read_manifest(root)
-        spec = _manifest_spec(root, manifest)
-        if expected_spec is not None:
-            _check_same_spec(f'map {root}', spec, expected_spec)
-        layout = _Layout.from_manifest(root, manifest, spec)
-        _verify_files(root, manifest['files'], layout, verify_tokens)
-        descriptors = _read_descriptors(root / DESCRIPTORS_FILE, layout)
-        entries = _read_entries(root / ENTRIES_FILE, layout.count)
-        index = _read_index(root / INDEX_FILE, layout, descriptors)
-        db = cls(spec, index_config or layout.index_config,
-                 store_tokens=layout.token_shape is not None)
-        db._restore(entries, descriptors, index, layout)
-        if db._tokens is not None:
-            db._tokens.rebase(_open_tokens(root / TOKENS_FILE, layout, mmap_tokens))
+        root = _restore_aside(Path(path))
+        with _unchanged_directory(root):
+            manifest = _read_manifest(root)
+            spec = _manifest_spec(root, manifest)
+            if expected_spec is not None:
+                _check_same_spec(f'map {root}', spec, expected_spec)
+            layout = _Layout.from_manifest(root, manifest, spec)
+            _verify_files(root, manifest['files'], layout, verify_tokens)
+            descriptors = _read_descriptors(root / DESCRIPTORS_FILE, layout)
+            entries = _read_entries(root / ENTRIES_FILE, layout.count)
+            index = _read_index(root / INDEX_FILE, layout, descriptors)
+            db = cls(spec, index_config or layout.index_config,
+                     store_tokens=layout.token_shape is not None)
+            db._restore(entries, descriptors, index, layout)
+            if db._tokens is not None:
+                db._tokens.rebase(_open_tokens(root / TOKENS_FILE, layout, mmap_tokens))
         LOG.info('loaded map %s: %d entries, model %s, index %s', root, layout.count,
                  spec.architecture, db.index_type)
         return db
@@ -721,6 +850,22 @@ class MapDatabase:
             return faiss.index_gpu_to_cpu(self._index)
         return self._index
 
+    def _write_and_swap(self, target: Path) -> _Snapshot:
+        """Write a snapshot into a temporary sibling and swap it into ``target``."""
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _clean_stale(target)
+        _check_replaceable(target)
+        snap = self._snapshot()
+        tmp = _sibling(target, 'tmp')
+        tmp.mkdir()
+        try:
+            self._write_dir(tmp, snap)
+            _swap_into_place(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return snap
+
     def _snapshot(self) -> _Snapshot:
         with self._lock:
             count = len(self._entries)
@@ -759,6 +904,44 @@ class MapDatabase:
         }
 
 
+def _directory_replaced(root: Path, pinned: os.stat_result) -> bool:
+    try:
+        now = os.stat(root)
+    except OSError:
+        return True
+    return (now.st_dev, now.st_ino) != (pinned.st_dev, pinned.st_ino)
+
+
+@contextmanager
+def _unchanged_directory(root: Path) -> Iterator[None]:
+    """Raise :class:`MapChangedError` when a save replaced ``root`` while the block read it.
+
+    The block reads files by path. An open descriptor keeps the directory's inode from being
+    reused, so finding the same inode at ``root`` afterwards proves that every file came from
+    that one directory (saves never modify a map directory in place). A failure inside the block
+    while the directory was being replaced is reported as the change, not as corruption.
+    """
+    try:
+        fd = os.open(root, os.O_RDONLY | getattr(os, 'O_DIRECTORY', 0))
+    except OSError:
+        yield          # nothing to pin: the block reports the missing directory itself
+        return
+    try:
+        pinned = os.fstat(fd)
+        try:
+            yield
+        except (MapError, OSError) as exc:
+            if _directory_replaced(root, pinned):
+                raise MapChangedError(f'map {root} was replaced by a concurrent save while '
+                                      f'loading ({exc}); load it again') from exc
+            raise
+        if _directory_replaced(root, pinned):
+            raise MapChangedError(f'map {root} was replaced by a concurrent save while loading; '
+                                  'load it again')
+    finally:
+        os.close(fd)
+
+
 def _read_manifest(root: Path) -> dict:
     path = root / MANIFEST_FILE
     if not root.is_dir():
@@ -766,11 +949,18 @@ def _read_manifest(root: Path) -> dict:
         hint = f'; an interrupted save left the previous map at {aside[-1]}' if aside else ''
         raise MapFormatError(f'map directory {root} does not exist{hint}')
     try:
-        manifest = json.loads(path.read_text())
+        with open(path, 'rb') as f:
+            text = f.read(MAX_MANIFEST_BYTES + 1)
     except FileNotFoundError as exc:
         raise MapFormatError(f'{path} is missing (not a map directory?)') from exc
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise MapFormatError(f'{path} is not valid JSON: {exc}') from exc
+    except OSError as exc:
+        raise MapFormatError(f'cannot read {path}: {exc}') from exc
+    if len(text) > MAX_MANIFEST_BYTES:
+        raise MapFormatError(f'{path} is larger than {MAX_MANIFEST_BYTES} bytes (not a manifest)')
+    try:
+        manifest = json.loads(text.decode('utf-8'))
+    except (RecursionError, ValueError) as exc:
+        raise MapFormatError(f'{path} is not valid JSON: {exc!r}') from exc
     if not isinstance(manifest, dict):
         raise MapFormatError(f'{path} must hold a JSON object')
     if manifest.get('format') != MAP_FORMAT:
@@ -794,8 +984,8 @@ def _manifest_spec(root: Path, manifest: dict) -> ModelSpec:
     where = root / MANIFEST_FILE
     try:
         spec = ModelSpec.from_json(json.dumps(_field(root, manifest, 'model_spec', dict)))
-    except CheckpointError as exc:
-        raise MapFormatError(f'{where}: {exc}') from exc
+    except (CheckpointError, OverflowError, RecursionError) as exc:
+        raise MapFormatError(f'{where}: bad model_spec: {exc!r}') from exc
     digest = _field(root, manifest, 'spec_digest', str)
     if spec.digest() != digest:
         raise MapFormatError(f'{where}: model_spec ({spec.architecture}, digest '
@@ -819,7 +1009,7 @@ class _Layout:
         where = root / MANIFEST_FILE
         count = _field(root, manifest, 'count', int)
         dim = _field(root, manifest, 'descriptor_dim', int)
-        if count < 0 or dim != spec.descriptor_dim:
+        if count < 0 or dim < 1 or dim != spec.descriptor_dim:
             raise MapFormatError(f'{where}: count {count} / descriptor_dim {dim} inconsistent '
                                  f'with model {spec.architecture} (descriptor_dim '
                                  f'{spec.descriptor_dim})')
@@ -869,12 +1059,23 @@ def _verify_files(root: Path, records: dict, layout: _Layout, verify_tokens: boo
                              f'{sorted(expected)}')
     for name, size in expected.items():
         record = records[name]
-        if not isinstance(record, dict) or set(record) != {'sha256', 'bytes'}:
-            raise MapFormatError(f'{root / MANIFEST_FILE}: bad record for {name}: {record!r}')
+        if not _valid_record(record):
+            raise MapFormatError(f'{root / MANIFEST_FILE}: bad record for {name}: {record!r} '
+                                 '(expected {"sha256": 64 hex digits, "bytes": size})')
         if size is not None and record['bytes'] != size:
             raise MapFormatError(f'{root / MANIFEST_FILE}: {name} recorded as {record["bytes"]} '
                                  f'bytes, {size} expected for {layout.count} entries')
         _verify_file(root / name, record, check_hash=verify_tokens or name != TOKENS_FILE)
+
+
+def _valid_record(record: Any) -> bool:
+    """Return True for a ``{'sha256': hex digest, 'bytes': size}`` file record."""
+    if not isinstance(record, dict) or set(record) != {'sha256', 'bytes'}:
+        return False
+    size, digest = record['bytes'], record['sha256']
+    return (isinstance(size, int) and not isinstance(size, bool) and size >= 0
+            and isinstance(digest, str) and len(digest) == 64
+            and all(c in '0123456789abcdef' for c in digest))
 
 
 def _verify_file(path: Path, record: dict, check_hash: bool) -> None:
@@ -892,28 +1093,50 @@ def _verify_file(path: Path, record: dict, check_hash: bool) -> None:
                                  f'manifest records {str(record["sha256"])[:16]}...')
 
 
-def _read_descriptors(path: Path, layout: _Layout) -> np.ndarray:
+def _npy_header(path: Path) -> tuple[tuple, bool, np.dtype, int]:
+    """Return ``(shape, fortran_order, dtype, data offset)`` from a ``.npy`` header."""
+    readers = {(1, 0): np.lib.format.read_array_header_1_0,
+               (2, 0): np.lib.format.read_array_header_2_0}
     try:
-        array = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
+        with open(path, 'rb') as f:
+            version = np.lib.format.read_magic(f)
+            if version not in readers:
+                raise ValueError(f'unsupported .npy version {version}')
+            shape, fortran, dtype = readers[version](f)
+            return shape, fortran, dtype, f.tell()
+    except (OSError, TypeError, ValueError, SyntaxError, tokenize.TokenError, RecursionError,
+            MemoryError) as exc:  # numpy parses the header text with tokenize and literal_eval
         raise MapFormatError(f'{path} is not a valid .npy file: {exc}') from exc
-    if array.dtype != np.float32 or array.shape != (layout.count, layout.dim):
-        raise MapFormatError(f'{path} holds {array.dtype} {list(array.shape)}, expected float32 '
-                             f'[{layout.count}, {layout.dim}]')
-    norms = np.linalg.norm(array, axis=1)
-    if not np.isfinite(array).all() or (norms.size and np.abs(norms - 1).max() > NORM_TOLERANCE):
+
+
+def _read_descriptors(path: Path, layout: _Layout) -> np.ndarray:
+    """Read ``[count, dim]`` float32 after checking the header against the file size."""
+    shape, fortran, dtype, offset = _npy_header(path)
+    want = (layout.count, layout.dim)
+    if dtype != np.dtype('<f4') or fortran or shape != want:
+        raise MapFormatError(f'{path} holds {dtype} {list(shape)}{" (Fortran order)" * fortran}, '
+                             f'expected float32 [{layout.count}, {layout.dim}]')
+    size = path.stat().st_size - offset
+    if size != 4 * layout.count * layout.dim:
+        raise MapFormatError(f'{path} has {size} data bytes, its header declares float32 '
+                             f'{list(shape)}')
+    array = np.fromfile(path, dtype='<f4', count=layout.count * layout.dim, offset=offset)
+    array = array.reshape(want)
+    with np.errstate(over='ignore'):  # a huge finite value gives an infinite norm: refused
+        norms = np.linalg.norm(array, axis=1) if np.isfinite(array).all() else np.array([np.nan])
+    if not np.all(np.abs(norms - 1) <= NORM_TOLERANCE):
         raise MapFormatError(f'{path} holds non-finite or non-normalised descriptors')
     return np.ascontiguousarray(array)
 
 
 def _read_entries(path: Path, count: int) -> list[MapEntry]:
     entries = []
-    with open(path, encoding='utf-8') as f:
+    with open(path, 'rb') as f:
         for line_no, line in enumerate(f, start=1):
             try:
-                entry = MapEntry.from_dict(json.loads(line))
-            except (ValueError, MapFormatError) as exc:
-                raise MapFormatError(f'{path} line {line_no}: {exc}') from exc
+                entry = MapEntry.from_dict(json.loads(line.decode('utf-8')))
+            except (ValueError, OverflowError, RecursionError, MapFormatError) as exc:
+                raise MapFormatError(f'{path} line {line_no}: {exc!r}') from exc
             if entry.id != len(entries):
                 raise MapFormatError(f'{path} line {line_no}: id {entry.id}, expected '
                                      f'{len(entries)} (ids must be consecutive from 0)')
@@ -925,7 +1148,14 @@ def _read_entries(path: Path, count: int) -> list[MapEntry]:
 
 def _read_index(path: Path, layout: _Layout, descriptors: np.ndarray) -> faiss.Index:
     try:
-        index = faiss.read_index(str(path))
+        data = path.read_bytes()
+    except OSError as exc:
+        raise MapFormatError(f'cannot read {path}: {exc}') from exc
+    # faiss trusts the lengths inside the file: check the whole layout before it parses a byte.
+    check_index_bytes(data, layout.index_type, layout.dim, layout.count, layout.index_config,
+                      str(path))
+    try:
+        index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
     except RuntimeError as exc:
         raise MapFormatError(f'{path} is not a readable faiss index: {exc}') from exc
     kind = _index_type(index)

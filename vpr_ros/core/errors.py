@@ -39,3 +39,15 @@ class DatasetError(VprError):
 
 class ImageEncodeError(VprError, ValueError):
     """An array cannot be encoded as an image (not [H, W, 3] uint8, unknown encoding or format)."""
+
+
+class MapChangedError(MapFormatError):
+    """A map directory was replaced by a concurrent save while it was being loaded; load again."""
+
+
+class MapWriteError(MapError, OSError):
+    """A map could not be written (disk full, file size limit, read-only or missing directory)."""
+
+
+class BackendError(VprError):
+    """An inference backend (onnxruntime, an execution provider, an exported graph) is unusable."""

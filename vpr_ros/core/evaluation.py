@@ -7,11 +7,17 @@ The pipeline is the one the ROS node runs (:class:`~vpr_ros.core.localizer.Local
    VPR-methods-evaluation does and as the node does), which covers describe, search and re-rank;
 3. :func:`match_from_result` turns each result into a :class:`Match` (ranked map ids and scores);
 4. :func:`score_matches` computes Recall@N after and, when re-ranked, before re-ranking, the
-   loop-closure precision-recall of the best match, and per-stage latency percentiles.
+   loop-closure precision-recall of the best match, the reliability of its probability
+   (calibration), and per-stage latency percentiles.
+
+A loop-closure sequence (``EvalDataset.sequence_gap``) runs :func:`localize_sequence` instead of
+steps 1-2: each frame is localized against the frames at least ``sequence_gap`` earlier, then the
+map grows, as loop-closure detection runs inside SLAM.
 
 A live replay recorded from the node (``(query_stamp_ns, ranked map ids, scores)`` tuples) is
 scored by the same :func:`score_matches`, so offline and live numbers are comparable.
-:func:`write_report` writes ``metrics.json``, ``summary.md``, ``predictions.csv`` and PNG plots.
+:func:`write_report` writes ``metrics.json``, ``summary.md``, ``predictions.csv`` and PNG plots
+(Recall@N, precision-recall, reliability diagram, latency, example matches).
 """
 
 import csv
@@ -35,7 +41,8 @@ from vpr_ros.core.frame_source import batched
 from vpr_ros.core.localizer import LocalizationResult, Localizer
 from vpr_ros.core.metrics import (
     best_f1, DEFAULT_RECALL_VALUES, first_positive_ranks, format_recalls, latency_percentiles,
-    max_recall_at_full_precision, pr_auc, precision_recall, recall_at_n)
+    max_recall_at_full_precision, pr_auc, precision_at_probability, precision_recall,
+    recall_at_n, reliability)
 from vpr_ros.core.models.vpr_model import VprModel
 
 LOGGER = logging.getLogger(__name__)
@@ -53,7 +60,8 @@ class Match:
     Attributes:
         query_stamp_ns: the query image stamp (identifies the query in the dataset).
         map_ids: map entry ids ranked best first (after re-ranking when it ran).
-        scores: the ranking score of each candidate (pair score, else global similarity).
+        scores: the ranking score of each candidate (the localizer's fused, pair or global
+            score).
         probability: calibrated probability of the best candidate (NaN when unknown).
         global_map_ids: the ranking by global similarity before re-ranking (None if not
             re-ranked).
@@ -94,6 +102,7 @@ class EvalResult:
     settings: dict = field(default_factory=dict)
     first_positive_rank_before_rerank: Optional[np.ndarray] = None
     latency_samples: dict = field(default_factory=dict)
+    calibration: dict = field(default_factory=dict)
 
     def summary_line(self) -> str:
         """Return the VPR-methods-evaluation line ``R@1: 68.5, R@5: ...``."""
@@ -105,7 +114,7 @@ class EvalResult:
         if before_rerank and self.first_positive_rank_before_rerank is not None:
             ranks = self.first_positive_rank_before_rerank
         found = ranks >= 0
-        total = max(len(ranks), 1)
+        total = max(_recall_denominator(self.dataset), 1)
         return np.array([100.0 * np.sum(found & (ranks < n)) / total
                          for n in range(1, self.predictions.shape[1] + 1)])
 
@@ -114,15 +123,24 @@ class EvalResult:
         data = {'dataset': self.dataset.summary(), 'recall_values': list(self.recall_values),
                 'recalls': self.recalls, 'recalls_before_rerank': self.recalls_before_rerank,
                 'summary': self.summary_line(), 'loop_closure': self.loop_closure,
-                'latency_ms': self.latency_ms, 'settings': self.settings}
-        return _json_ready(data)
+                'calibration': self.calibration, 'latency_ms': self.latency_ms,
+                'settings': self.settings}
+        return json_ready(data)
 
 
-def _json_ready(value: Any) -> Any:
+def _recall_denominator(dataset: EvalDataset) -> int:
+    """Return the queries Recall@N divides by (sequences: only those with a revisit)."""
+    if dataset.sequence_gap is None:
+        return dataset.num_queries
+    return dataset.num_queries - dataset.queries_without_positives
+
+
+def json_ready(value: Any) -> Any:
+    """Return ``value`` with numpy scalars as Python numbers and NaN as None (JSON-ready)."""
     if isinstance(value, dict):
-        return {str(k): _json_ready(v) for k, v in value.items()}
+        return {str(k): json_ready(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_ready(v) for v in value]
+        return [json_ready(v) for v in value]
     if isinstance(value, (np.integer, np.bool_)):
         return value.item()
     if isinstance(value, (float, np.floating)):
@@ -187,11 +205,48 @@ def localize_queries(localizer: Localizer, dataset: EvalDataset,
     return [localizer.localize(frame.image, int(frame.stamp_ns)) for frame in frames]
 
 
+def localize_sequence(localizer: Localizer, dataset: EvalDataset,
+                      progress: Optional[Progress] = None
+                      ) -> tuple[np.ndarray, list[LocalizationResult], list[float]]:
+    """Run the loop-closure protocol on a sequence dataset (``dataset.sequence_gap`` set).
+
+    Every frame is described once; frame ``i`` is then localized against the map holding
+    frames ``0 .. i - gap`` and frame ``i - gap + 1`` joins the map before the next query.
+
+    Returns:
+        ``(map_ids, results, per-image describe milliseconds)``; ``map_ids[j]`` is the map id
+        of frame ``j`` (frames never added are absent).
+    """
+    gap = int(dataset.sequence_gap)
+    localizer.reset_temporal()
+    frames = list(_wrap(progress, dataset.query_frames(), 'sequence', dataset.num_queries))
+    start = time.perf_counter()
+    descriptors, tokens = localizer.describe([f.image for f in frames])
+    describe_ms = (time.perf_counter() - start) * 1e3 / max(len(frames), 1)
+    ids, results = [], []
+    for i, frame in enumerate(frames):
+        if i >= gap:
+            ids.append(_add_described(localizer, frames[i - gap], descriptors[i - gap],
+                                      None if tokens is None else tokens[i - gap]))
+        results.append(localizer.rank(descriptors[i], None if tokens is None else tokens[i],
+                                      int(frame.stamp_ns), describe_ms))
+    return np.asarray(ids, dtype=np.int64), results, [describe_ms] * len(frames)
+
+
+def _add_described(localizer: Localizer, frame: Any, descriptor: np.ndarray,
+                   tokens: Optional[np.ndarray]) -> int:
+    """Append an already described frame to the localizer's map; return its map id."""
+    database = localizer.database
+    entry = MapEntry(id=-1, stamp_ns=int(frame.stamp_ns), pose=frame.pose, source=frame.source)
+    keep = tokens[None] if database.has_tokens and tokens is not None else None
+    return database.add(descriptor[None], [entry], keep)[0]
+
+
 def match_from_result(result: LocalizationResult) -> Match:
     """Convert a :class:`LocalizationResult` into a :class:`Match`."""
     candidates = result.candidates
     reranked = result.reranked
-    scores = tuple(c.pair_score if reranked else c.global_similarity for c in candidates)
+    scores = tuple(c.global_similarity if math.isnan(c.score) else c.score for c in candidates)
     global_ids = None
     if reranked:
         order = sorted(range(len(candidates)), key=lambda i: -candidates[i].global_similarity)
@@ -224,8 +279,11 @@ def evaluate(localizer_or_model: Union[Localizer, VprModel], dataset: EvalDatase
         LOGGER.warning('top_k=%d is below the largest recall value %d', top_k,
                        max(recall_values))
     localizer = make_localizer(localizer_or_model, top_k, rerank, config, calibration)
-    map_ids, map_ms = build_map(localizer, dataset, progress)
-    results = localize_queries(localizer, dataset, progress)
+    if dataset.sequence_gap is not None:
+        map_ids, results, map_ms = localize_sequence(localizer, dataset, progress)
+    else:
+        map_ids, map_ms = build_map(localizer, dataset, progress)
+        results = localize_queries(localizer, dataset, progress)
     settings = _settings(localizer, top_k)
     result = score_matches([match_from_result(r) for r in results], dataset, map_ids,
                            recall_values, localizer.config.accept_probability, settings)
@@ -242,7 +300,11 @@ def _settings(localizer: Localizer, top_k: int) -> dict:
             'database_batch_size': localizer.config.batch_size, 'query_batch_size': 1,
             'device': str(localizer.device), 'precision': localizer.config.precision,
             'index': 'flat (exact inner product)',
-            'accept_probability': localizer.config.accept_probability}
+            'accept_probability': localizer.config.accept_probability,
+            'rerank_fusion': localizer.scoring.fusion if localizer.can_rerank else 'global',
+            'fusion_beta': localizer.scoring.beta if localizer.can_rerank else None,
+            'calibrated': localizer.scoring.calibrated if localizer.can_rerank else False,
+            'temporal_window': localizer.config.temporal_window}
 
 
 # -------------------------------------------------------------------------------- scoring
@@ -320,21 +382,48 @@ def score_matches(matches: Iterable[MatchLike], dataset: EvalDataset,
     width = max([len(m.map_ids) for m in rows if m is not None] + [max(recall_values)])
     preds = _ranked_indices(rows, to_index, width, 'map_ids')
     positives = dataset.positives
+    skip = dataset.sequence_gap is not None
     before, before_ranks = None, None
     if any(m is not None and m.global_map_ids is not None for m in rows):
         global_preds = _ranked_indices(rows, to_index, width, 'global_map_ids')
-        before = recall_at_n(global_preds, positives, recall_values)
+        before = recall_at_n(global_preds, positives, recall_values, skip)
         before_ranks = first_positive_ranks(global_preds, positives)
     loop, curve = _loop_closure(rows, preds, positives, accept_threshold)
     samples = _latency_samples(rows)
     return EvalResult(
         dataset=dataset, recall_values=tuple(recall_values),
-        recalls=recall_at_n(preds, positives, recall_values), recalls_before_rerank=before,
-        predictions=preds, scores=_score_matrix(rows, width),
+        recalls=recall_at_n(preds, positives, recall_values, skip),
+        recalls_before_rerank=before, predictions=preds, scores=_score_matrix(rows, width),
         first_positive_rank=first_positive_ranks(preds, positives), loop_closure=loop,
         pr_curve=curve, latency_ms={k: latency_percentiles(v) for k, v in samples.items()},
         settings=dict(settings or {}), first_positive_rank_before_rerank=before_ranks,
-        latency_samples=samples)
+        latency_samples=samples, calibration=_calibration(rows, preds, positives,
+                                                          accept_threshold))
+
+
+def best_match_outcomes(rows: list, preds: np.ndarray,
+                        positives: Sequence) -> tuple[np.ndarray, np.ndarray]:
+    """Return the best match's probability and whether it is correct, per answered query."""
+    probability, correct = [], []
+    for q, match in enumerate(rows):
+        if match is None or not match.map_ids:
+            continue
+        probability.append(match.probability)
+        correct.append(bool(np.isin(preds[q, 0], positives[q])))
+    return np.asarray(probability, dtype=np.float64), np.asarray(correct, dtype=bool)
+
+
+def _calibration(rows: list, preds: np.ndarray, positives: Sequence,
+                 accept_threshold: Optional[float]) -> dict:
+    """Reliability of the best match's probability (empty when no probability was recorded)."""
+    probability, correct = best_match_outcomes(rows, preds, positives)
+    if probability.size == 0 or np.isnan(probability).all():
+        return {}
+    result = {'reliability': reliability(probability, correct)}
+    thresholds = sorted({0.5, 0.9} | ({accept_threshold} if accept_threshold else set()))
+    result['precision_at'] = {f'{t:g}': precision_at_probability(probability, correct, t)
+                              for t in thresholds}
+    return result
 
 
 def _loop_closure(rows: list, preds: np.ndarray, positives: Sequence,
@@ -387,7 +476,7 @@ def _latency_samples(rows: list) -> dict:
 # --------------------------------------------------------------------------------- report
 
 REPORT_FILES = ('metrics.json', 'summary.md', 'predictions.csv', 'recall_at_n.png',
-                'precision_recall.png', 'latency.png', 'matches.png')
+                'precision_recall.png', 'reliability.png', 'latency.png', 'matches.png')
 GRID_QUERIES = 6
 GRID_MATCHES = 3
 
@@ -408,7 +497,8 @@ def write_report(result: EvalResult, out_dir: Union[str, Path]) -> list:
              write_text_atomic(out / 'summary.md', summary_markdown(result)),
              write_text_atomic(out / 'predictions.csv', predictions_csv(result))]
     plots = {'recall_at_n.png': plot_recall_curve, 'precision_recall.png': plot_pr_curve,
-             'latency.png': plot_latency, 'matches.png': plot_match_grid}
+             'reliability.png': plot_reliability, 'latency.png': plot_latency,
+             'matches.png': plot_match_grid}
     for name, plot in plots.items():
         paths.append(_save_figure(plot(result), out / name))
     return paths
@@ -487,6 +577,35 @@ def plot_latency(result: EvalResult) -> Any:
     return figure
 
 
+def plot_reliability(result: EvalResult) -> Any:
+    """Return the reliability diagram of the best match's probability (with bin counts)."""
+    figure = _figure(6, 4.5)
+    axes = figure.add_subplot()
+    axes.plot([0, 1], [0, 1], linestyle=':', color='0.5', label='perfect calibration')
+    table = result.calibration.get('reliability')
+    if table is None:
+        axes.set_title('reliability: no probabilities recorded')
+        return figure
+    edges = np.asarray(table['edges'])
+    centres = (edges[:-1] + edges[1:]) / 2
+    accuracy = np.asarray(table['accuracy'], dtype=float)
+    filled = np.asarray(table['count']) > 0
+    axes.bar(centres[filled], accuracy[filled], width=np.diff(edges)[filled] * 0.9,
+             alpha=0.6, label='fraction correct')
+    axes.plot(np.asarray(table['mean_probability'], dtype=float)[filled], accuracy[filled],
+              'o-', color='tab:red', label='mean probability vs correct')
+    for x, y, count in zip(centres[filled], accuracy[filled], np.asarray(table['count'])[filled]):
+        axes.annotate(str(count), (x, y), textcoords='offset points', xytext=(0, 4),
+                      ha='center', fontsize=7)
+    axes.set_xlim(0, 1)
+    axes.set_ylim(0, 1.05)
+    axes.set_xlabel('probability of the best match')
+    axes.set_ylabel('fraction of best matches that are correct')
+    axes.set_title(f'reliability ({table["decisions"]} best matches), ECE {table["ece"]:.3f}')
+    axes.legend(fontsize=8, loc='upper left')
+    return figure
+
+
 def _grid_queries(result: EvalResult) -> list:
     count = min(GRID_QUERIES, result.dataset.num_queries)
     return sorted({int(round(v)) for v in np.linspace(0, result.dataset.num_queries - 1, count)})
@@ -543,6 +662,13 @@ def summary_markdown(result: EvalResult) -> str:
             f'{v:.2f}' for v in result.recalls_before_rerank.values()) + ' |')
     lines += ['', '## Loop closure', '']
     lines += [f'- {k}: {_fmt(v)}' for k, v in result.loop_closure.items()]
+    if result.calibration:
+        table = result.calibration['reliability']
+        lines += ['', '## Calibration of the best match probability', '',
+                  f'- expected calibration error: {table["ece"]:.4f}, Brier score: '
+                  f'{table["brier"]:.4f} ({table["decisions"]} best matches)']
+        lines += [f'- accepted at p >= {k}: {v["accepted"]}, of which correct '
+                  f'{_fmt(v["precision"])}' for k, v in result.calibration['precision_at'].items()]
     lines += ['', '## Latency (ms)', '', '| stage | count | mean | p50 | p90 | p99 | max |',
               '|---|---|---|---|---|---|---|']
     for stage, stats in result.latency_ms.items():

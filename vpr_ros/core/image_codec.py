@@ -9,9 +9,10 @@ Supported raw encodings (see :data:`RAW_ENCODINGS`): ``rgb8``, ``bgr8``, ``rgba8
 (reduced to 8 bits by keeping the high byte, ``value >> 8``, then replicated; depth images in
 millimetres therefore look dark: this is a display conversion, not a metric one).
 
-Every decoder checks the claimed size against :data:`MAX_PIXELS` before it touches the pixels. For
-JPEG and PNG the size is read from the file header (SOF segment, IHDR chunk), so a small file that
-claims a huge image (a decompression bomb) is refused without being decoded.
+Every decoder checks the claimed size against :data:`MAX_PIXELS` and :data:`MAX_SIDE`, and the
+buffer size against :data:`MAX_BUFFER_BYTES`, before it touches the pixels. For JPEG and PNG the
+size is read from the file header (SOF segment, IHDR chunk), so a small file that claims a huge
+image (a decompression bomb) is refused without being decoded.
 """
 
 from dataclasses import dataclass
@@ -28,7 +29,13 @@ from vpr_ros.core.errors import ImageDecodeError, ImageEncodeError
 LOGGER = logging.getLogger(__name__)
 
 MAX_PIXELS = 8192 * 8192
-"""Largest image (height * width) any decoder accepts."""
+"""Largest image (height * width, 67 megapixels) any decoder accepts."""
+
+MAX_SIDE = 32768
+"""Largest width or height any decoder accepts."""
+
+MAX_BUFFER_BYTES = 512 << 20
+"""Largest raw buffer (``height * step``), compressed message or image file accepted (512 MiB)."""
 
 RAW_ENCODINGS = {
     'rgb8': (3, 1), 'bgr8': (3, 1), 'rgba8': (4, 1), 'bgra8': (4, 1),
@@ -77,13 +84,23 @@ def _as_uint8(data: Buffer) -> np.ndarray:
 
 
 def _check_size(height: int, width: int, what: str) -> None:
-    """Reject non-positive or oversized image dimensions."""
+    """Reject non-positive or oversized image dimensions (before any pixel is decoded)."""
     if height <= 0 or width <= 0:
         raise ImageDecodeError(f'{what}: image size must be positive, got '
                                f'height={height} width={width}')
+    if max(height, width) > MAX_SIDE:
+        raise ImageDecodeError(f'{what}: declared image of {width}x{height} pixels exceeds the '
+                               f'limit of {MAX_SIDE} pixels per side')
     if height * width > MAX_PIXELS:
-        raise ImageDecodeError(f'{what}: image of {width}x{height} = {width * height} pixels '
-                               f'exceeds the limit of {MAX_PIXELS} pixels')
+        raise ImageDecodeError(f'{what}: declared image of {width}x{height} = {width * height} '
+                               f'pixels exceeds the limit of {MAX_PIXELS} pixels')
+
+
+def _check_buffer(nbytes: int, what: str) -> None:
+    """Reject a buffer larger than :data:`MAX_BUFFER_BYTES`."""
+    if nbytes > MAX_BUFFER_BYTES:
+        raise ImageDecodeError(f'{what} of {nbytes} bytes exceeds the limit of '
+                               f'{MAX_BUFFER_BYTES} bytes')
 
 
 def _raw_rows(encoding: str, height: int, width: int, step: int,
@@ -95,6 +112,7 @@ def _raw_rows(encoding: str, height: int, width: int, step: int,
     channels, depth = RAW_ENCODINGS[encoding]
     _check_size(height, width, f'raw {encoding} image')
     row_bytes = width * channels * depth
+    _check_buffer(step * height, f'raw {encoding} image (step * height)')
     if step < row_bytes:
         raise ImageDecodeError(f'raw {encoding} image step {step} is smaller than width * '
                                f'bytes per pixel = {width} * {channels * depth} = {row_bytes}')
@@ -115,8 +133,9 @@ def decode_raw(encoding: str, height: int, width: int, step: int, data: Buffer,
     bytes gathered into an ``[H, W]`` array).
 
     Raises:
-        ImageDecodeError: unknown encoding, non-positive or oversized size, ``step`` too small,
-            data shorter than ``step * height``, or data that is not a ``uint8`` buffer.
+        ImageDecodeError: unknown encoding, non-positive or oversized size (:data:`MAX_PIXELS`,
+            :data:`MAX_SIDE`, ``step * height`` over :data:`MAX_BUFFER_BYTES`), ``step`` too
+            small, data shorter than ``step * height``, or data that is not a ``uint8`` buffer.
     """
     rows, channels, depth = _raw_rows(encoding, int(height), int(width), int(step), data)
     if depth == 2:
@@ -243,15 +262,20 @@ def decode_compressed(fmt: str, data: Buffer) -> np.ndarray:
 
     ``fmt`` is the message's ``format`` field; an empty string means "detect from the data". The
     data's magic bytes must agree with the codec ``fmt`` names. The header size is checked against
-    :data:`MAX_PIXELS` before decoding. Grey images are replicated, alpha is dropped, 16-bit PNGs
-    are reduced to 8 bits, and EXIF orientation is ignored (as PIL does by default).
+    :data:`MAX_PIXELS` and :data:`MAX_SIDE` before decoding (decompression bombs are refused).
+    Grey images are replicated, alpha is dropped, 16-bit PNGs are reduced to 8 bits, and EXIF
+    orientation is ignored (as PIL does by default).
 
     Raises:
         ImageDecodeError: unknown format, data that is not JPEG/PNG, an oversized or zero header
             size, or data OpenCV cannot decode.
     """
+    if not isinstance(fmt, str):
+        raise ImageDecodeError(f'compressed image format must be a string, got '
+                               f'{type(fmt).__name__}')
     expected = _codec_from_format(fmt)
     buf = _as_uint8(data)
+    _check_buffer(buf.size, 'compressed image data')
     codec = _sniff(buf)
     if expected and expected != codec:
         raise ImageDecodeError(f'compressed format {fmt!r} says {expected} but the data is '
@@ -298,6 +322,7 @@ def read_image_file(path: Union[str, Path]) -> np.ndarray:
     """
     path = Path(path)
     try:
+        _check_buffer(path.stat().st_size, f'image file {path}')
         data = path.read_bytes()
     except FileNotFoundError as exc:
         raise ImageDecodeError(f'image file {path} does not exist') from exc

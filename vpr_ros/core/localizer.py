@@ -1,7 +1,7 @@
 """The localization pipeline: describe, shortlist by global search, re-rank, accept or reject."""
 
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 import logging
 import math
 from pathlib import Path
@@ -12,21 +12,25 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from vpr_ros.core.calibration import (Calibration, GLOBAL_SIMILARITY_CALIBRATION,
-                                      PAIR_SCORE_CALIBRATION)
-from vpr_ros.core.config import IndexConfig, LocalizerConfig
+from vpr_ros.core.calibration import Calibration, GLOBAL_SIMILARITY_CALIBRATION
+from vpr_ros.core.config import DEFAULT_MODEL, IndexConfig, LocalizerConfig
 from vpr_ros.core.database import MapDatabase, MapEntry
+from vpr_ros.core.fusion import ActiveScoring, plan_scoring
 from vpr_ros.core.geometry import Pose
+from vpr_ros.core.models.backend import apply_backend
 from vpr_ros.core.models.vpr_model import VprModel
 from vpr_ros.core.preprocessing import preprocess
 
 LOG = logging.getLogger(__name__)
-DEFAULT_MODEL = 'efficientnet_lite0_gem'
 
 
 @dataclass(frozen=True)
 class Candidate:
-    """One ranked map candidate for a query."""
+    """One ranked map candidate for a query.
+
+    ``score`` is what the ranking sorts by: the fused, pair or global score of the localizer's
+    ``rerank_fusion`` when re-ranked, else the global similarity.
+    """
 
     map_id: int
     stamp_ns: int
@@ -34,6 +38,7 @@ class Candidate:
     pair_score: float
     probability: float
     pose: Optional[Pose]
+    score: float = math.nan
 
 
 @dataclass(frozen=True)
@@ -71,6 +76,11 @@ class Localizer:
 
     Thread-safe: :meth:`localize` and :meth:`add_to_map` may run concurrently, and
     :meth:`update_config` changes thresholds and top-K at run time.
+
+    A re-ranked shortlist is ordered by the ``rerank_fusion`` score; its probability comes from
+    the calibration the checkpoint stores for that score (``model.rerank_scoring``), or from
+    ``calibration`` when given. Without one that fits, a warning is logged and the probability
+    is the classifier's uncalibrated output (:func:`~vpr_ros.core.fusion.plan_scoring`).
     """
 
     def __init__(self, model: VprModel, database: MapDatabase,
@@ -83,10 +93,13 @@ class Localizer:
                 f'map built by {database.spec.architecture} ({database.spec.digest()}), model is '
                 f'{model.spec.architecture} ({model.spec.digest()})')
         self._device = select_device(config.device)
+        model = apply_backend(model, config.backend, config.backend_cache_dir or None,
+                              config.device, config.precision, accelerate=config.accelerate)
         self._model = model.to(self._device).eval()
         self._database = database
         self._config = config
         self._calibration = calibration
+        self._scoring = self._plan_scoring(config)
         self._lock = threading.Lock()
         self._model_lock = threading.Lock()
         self._history: deque = deque(maxlen=max(config.temporal_window, 1))
@@ -108,8 +121,13 @@ class Localizer:
 
     @property
     def calibration(self) -> Optional[Calibration]:
-        """Return the score-to-probability mapping; None means the per-score-kind defaults."""
-        return self._calibration
+        """Return the calibration of re-ranked scores; None means uncalibrated defaults."""
+        return self._scoring.calibration
+
+    @property
+    def scoring(self) -> ActiveScoring:
+        """Return the ranking score and probability used for re-ranked shortlists."""
+        return self._scoring
 
     @property
     def device(self) -> torch.device:
@@ -123,11 +141,23 @@ class Localizer:
                 and self._database.has_tokens)
 
     def update_config(self, config: LocalizerConfig) -> None:
-        """Replace thresholds, top-K and other run-time options (the device stays)."""
+        """Replace thresholds, top-K, fusion and other run-time options (the device stays)."""
+        scoring = self._plan_scoring(config)
         with self._lock:
             if config.temporal_window != self._config.temporal_window:
                 self._history = deque(maxlen=max(config.temporal_window, 1))
             self._config = config
+            self._scoring = scoring
+
+    def _plan_scoring(self, config: LocalizerConfig) -> ActiveScoring:
+        """Resolve fusion, beta and calibration for ``config``; warn when uncalibrated."""
+        stored = getattr(self._model, 'rerank_scoring', None)
+        scoring = plan_scoring(stored, config.rerank_fusion, config.fusion_beta)
+        if self._calibration is not None:
+            return replace(scoring, calibration=self._calibration, warning=None)
+        if scoring.warning and config.rerank and self._model.spec.has_pair_classifier:
+            LOG.warning('%s: %s', self._model.spec.architecture, scoring.warning)
+        return scoring
 
     def reset_temporal(self) -> None:
         """Forget the recent matches used by the temporal-consistency check."""
@@ -176,11 +206,16 @@ class Localizer:
         results = []
         for i, stamp in enumerate(stamps_ns):
             query_tokens = None if tokens is None else tokens[i]
-            results.append(self._rank(descriptors[i], query_tokens, int(stamp), describe_ms))
+            results.append(self.rank(descriptors[i], query_tokens, int(stamp), describe_ms))
         return results
 
-    def _rank(self, descriptor: np.ndarray, tokens: Optional[np.ndarray], stamp_ns: int,
-              describe_ms: float) -> LocalizationResult:
+    def rank(self, descriptor: np.ndarray, tokens: Optional[np.ndarray], stamp_ns: int,
+             describe_ms: float = 0.0) -> LocalizationResult:
+        """Localize an already described image: search, re-rank and decide.
+
+        ``descriptor`` is one ``[D]`` row and ``tokens`` one ``[N, C]`` entry of
+        :meth:`describe` (None skips re-ranking); ``describe_ms`` is reported as its timing.
+        """
         config = self._config
         timings = {'describe': describe_ms}
         t0 = time.perf_counter()
@@ -209,45 +244,50 @@ class Localizer:
         for start in range(0, len(map_ids), batch):
             chunk = self._database.tokens(map_ids[start:start + batch])
             candidates = torch.from_numpy(np.ascontiguousarray(chunk)).to(self._device)
-            first = query.unsqueeze(0).expand(len(chunk), -1, -1)
             with self._model_lock, torch.inference_mode(), self._autocast():
-                score = self._model.pair_score(first.float(), candidates.float())
+                score = self._model.score_candidates(query.float(), candidates.float())
             scores.append(score.float().cpu().numpy())
         return np.concatenate(scores).astype(np.float64)
 
     def _candidates(self, ids: np.ndarray, sims: np.ndarray,
                     pair: np.ndarray) -> tuple[Candidate, ...]:
-        reranked = not np.isnan(pair).all()
-        score = pair if reranked else sims.astype(np.float64)
-        # Stable sort keeps the global order among equal pair scores.
+        score, probability = self._scores(sims.astype(np.float64), pair)
+        # Stable sort keeps the global order (FAISS returns it) among equal scores.
         order = np.argsort(-score, kind='stable')
-        probability = self._calibration_for(reranked).probability(score)
         out = []
         for k in order:
             entry = self._database.entry(int(ids[k]))
             out.append(Candidate(int(ids[k]), entry.stamp_ns, float(sims[k]), float(pair[k]),
-                                 float(probability[k]), entry.pose))
+                                 float(probability[k]), entry.pose, float(score[k])))
         return tuple(out)
 
-    def _calibration_for(self, reranked: bool) -> Calibration:
-        if self._calibration is not None:
-            return self._calibration
-        return PAIR_SCORE_CALIBRATION if reranked else GLOBAL_SIMILARITY_CALIBRATION
+    def _scores(self, sims: np.ndarray, pair: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Return the ranking score and probability of each candidate."""
+        if np.isnan(pair).all():
+            calibration = self._calibration or GLOBAL_SIMILARITY_CALIBRATION
+            return sims, calibration.probability(sims)
+        scoring = self._scoring
+        score = scoring.score(pair, sims)
+        return score, scoring.probability(pair, sims, score)
 
     def _decide(self, best: Candidate) -> tuple[bool, str]:
+        """Accept ``best`` when its probability reaches the threshold and recent matches agree.
+
+        With ``temporal_window`` N > 0 the best candidates of the last N queries that passed
+        the threshold must all agree with this one: within ``temporal_max_distance_m`` when
+        both map places have a pose, else with map ids at most ``temporal_max_id_gap`` apart.
+        """
         config = self._config
         if best.probability < config.accept_probability:
             return False, 'below threshold'
-        if config.temporal_window == 0 or best.pose is None:
+        if config.temporal_window == 0:
             return True, 'accepted'
         with self._lock:
             history = list(self._history)
-            self._history.append(best.pose)
+            self._history.append(best)
         if len(history) < config.temporal_window:
             return False, 'temporal'
-        here = np.asarray(best.pose.position)
-        near = all(np.linalg.norm(here - np.asarray(p.position)) <= config.temporal_max_distance_m
-                   for p in history)
+        near = all(places_agree(best, earlier, config) for earlier in history)
         return (True, 'accepted') if near else (False, 'temporal')
 
     def add_to_map(self, image: np.ndarray, stamp_ns: int, pose: Optional[Pose],
@@ -261,13 +301,30 @@ class Localizer:
         return self._database.add(descriptors, [entry], keep_tokens)[0]
 
 
+def places_agree(first: Candidate, second: Candidate, config: LocalizerConfig) -> bool:
+    """Return True when two matched map places are consistent for the temporal check.
+
+    Places with poses agree within ``temporal_max_distance_m``; otherwise their map ids, which
+    follow the recording order of the map, must be at most ``temporal_max_id_gap`` apart
+    (neighbouring places of one recorded trajectory).
+    """
+    if first.pose is not None and second.pose is not None:
+        distance = np.linalg.norm(np.subtract(first.pose.position, second.pose.position))
+        return bool(distance <= config.temporal_max_distance_m)
+    return abs(first.map_id - second.map_id) <= config.temporal_max_id_gap
+
+
 def load_model(checkpoint: Optional[str] = None, model: Optional[str] = None) -> VprModel:
-    """Load ``checkpoint`` (our safetensors format) or build the registry model ``model``."""
-    from vpr_ros.core.models.checkpoint import load_checkpoint
-    from vpr_ros.core.models.registry import create_model
+    """Load ``checkpoint`` (our safetensors format) or the registry model ``model``.
+
+    A registry model comes with its shipped trained weights when it has them
+    (:func:`~vpr_ros.core.models.checkpoint.load_pretrained`); the default is
+    :data:`DEFAULT_MODEL` with the shipped pair classifier.
+    """
+    from vpr_ros.core.models.checkpoint import load_checkpoint, load_pretrained
     if checkpoint:
         return load_checkpoint(checkpoint)
-    return create_model(model or DEFAULT_MODEL)
+    return load_pretrained(model or DEFAULT_MODEL)
 
 
 def load_localizer(map_path: Optional[str], checkpoint: Optional[str] = None,

@@ -232,6 +232,48 @@ def best_f1(precision: np.ndarray, recall: np.ndarray,
     return float(f1[best]), threshold
 
 
+def reliability(probabilities: Sequence[float], correct: Sequence[bool],
+                bins: int = 10) -> dict:
+    """Return the reliability diagram of probabilistic decisions and the calibration error.
+
+    Decisions are grouped into ``bins`` equal-width probability bins over [0, 1] (the last one
+    closed). Per bin: ``count``, ``mean_probability`` and ``accuracy`` (fraction correct; NaN in
+    an empty bin). ``ece`` is the expected calibration error
+    ``sum_b count_b / n * |accuracy_b - mean_probability_b|``; ``brier`` the mean squared error
+    of the probabilities. NaN probabilities are left out.
+    """
+    prob, labels = _check_scores(probabilities, correct)
+    if bins < 1:
+        raise ConfigError(f'reliability needs at least one bin, got {bins}')
+    if np.any((prob < 0.0) | (prob > 1.0)):
+        raise ConfigError('probabilities must lie in [0, 1]')
+    index = np.minimum((prob * bins).astype(np.int64), bins - 1)
+    counts = np.bincount(index, minlength=bins)
+    sums = np.bincount(index, weights=prob, minlength=bins)
+    hits = np.bincount(index, weights=labels.astype(np.float64), minlength=bins)
+    with np.errstate(invalid='ignore', divide='ignore'):
+        mean_p, accuracy = sums / counts, hits / counts
+    filled = counts > 0
+    n = max(int(prob.size), 1)
+    ece = float(np.sum(counts[filled] / n * np.abs(accuracy[filled] - mean_p[filled])))
+    brier = float(np.mean((prob - labels) ** 2)) if prob.size else float('nan')
+    return {'bins': bins, 'edges': np.linspace(0.0, 1.0, bins + 1).tolist(),
+            'count': counts.tolist(), 'mean_probability': mean_p.tolist(),
+            'accuracy': accuracy.tolist(), 'ece': ece if prob.size else float('nan'),
+            'brier': brier, 'decisions': int(prob.size)}
+
+
+def precision_at_probability(probabilities: Sequence[float], correct: Sequence[bool],
+                             threshold: float) -> dict:
+    """Return how many decisions reach ``threshold`` and the fraction of them that is correct."""
+    prob, labels = _check_scores(probabilities, correct)
+    accepted = prob >= threshold
+    count = int(accepted.sum())
+    return {'threshold': float(threshold), 'accepted': count,
+            'correct': int(labels[accepted].sum()),
+            'precision': float(labels[accepted].mean()) if count else float('nan')}
+
+
 def latency_percentiles(ms: Sequence[float],
                         percentiles: Sequence[int] = LATENCY_PERCENTILES) -> dict:
     """Summarise latencies in milliseconds: count, mean, p50/p90/p95/p99 and max.

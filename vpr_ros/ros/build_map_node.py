@@ -61,6 +61,7 @@ class BuildMapNode(VprNode):
         self._gate = KeyframeGate(self.params.config('keyframe'))
         self._keyframes: queue.Queue = queue.Queue(maxsize=KEYFRAME_QUEUE)
         self._save_lock = threading.Lock()
+        self._autosaving = threading.Event()
         self._dirty = False
         self._stop = threading.Event()
         self._create_interfaces()
@@ -171,20 +172,31 @@ class BuildMapNode(VprNode):
         return response
 
     def _autosave(self) -> None:
-        if self._dirty:
-            try:
-                self.save_map()
-            except (VprError, OSError) as exc:
-                self.get_logger().error(f'autosave failed: {exc}')
+        """Save a grown map on a background thread, so that images keep flowing meanwhile."""
+        if not self._dirty or self._autosaving.is_set():
+            return
+        self._autosaving.set()
+        threading.Thread(target=self._autosave_now, name='vpr_autosave', daemon=True).start()
 
-    def save_map(self, flush: bool = False) -> int:
-        """Wait for queued keyframes, save the map atomically and return its size.
+    def _autosave_now(self) -> None:
+        try:
+            self.save_map(drain=False)
+        except (VprError, OSError) as exc:
+            self.get_logger().error(f'autosave failed: {exc}')
+        finally:
+            self._autosaving.clear()
 
-        ``flush`` also pairs the images still waiting for a later pose (used at shutdown).
+    def save_map(self, flush: bool = False, drain: bool = True) -> int:
+        """Save the map atomically and return its size.
+
+        ``drain`` first waits for the queued keyframes (``~/save``, shutdown; an autosave saves
+        what the map holds); ``flush`` also pairs the images still waiting for a later pose (used
+        at shutdown).
         """
         if flush:
             self._pair_pending(flush=True)
-        self._drain()
+        if drain:
+            self._drain()
         with self._save_lock:
             self._dirty = False
             self.localizer.database.save(self.params.config().map_path)
@@ -246,6 +258,9 @@ class BuildMapNode(VprNode):
             self.get_logger().error(f'saving the map at shutdown failed: {exc}')
         self._stop.set()
         self._worker.join(timeout=10.0)
+        deadline = time.monotonic() + 10.0
+        while self._autosaving.is_set() and time.monotonic() < deadline:
+            time.sleep(0.01)
         super().destroy_node()
 
 

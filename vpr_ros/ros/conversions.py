@@ -53,9 +53,12 @@ def _check_raw(msg: Image) -> None:
     height, width, step = int(msg.height), int(msg.width), int(msg.step)
     if height == 0 or width == 0:
         raise ImageRejected('empty_image', f'image has zero size ({width}x{height})')
-    if height * width > image_codec.MAX_PIXELS:
-        raise ImageRejected('image_too_large', f'image of {width}x{height} pixels exceeds the '
-                            f'limit of {image_codec.MAX_PIXELS}')
+    if (height * width > image_codec.MAX_PIXELS or max(height, width) > image_codec.MAX_SIDE
+            or height * step > image_codec.MAX_BUFFER_BYTES):
+        raise ImageRejected('image_too_large', f'image of {width}x{height} pixels (step {step}) '
+                            f'exceeds the limit of {image_codec.MAX_PIXELS} pixels, '
+                            f'{image_codec.MAX_SIDE} per side, {image_codec.MAX_BUFFER_BYTES} '
+                            'bytes')
     if msg.encoding not in image_codec.RAW_ENCODINGS:
         raise ImageRejected('unsupported_encoding', f'unsupported encoding {msg.encoding!r}; '
                             f'supported: {", ".join(image_codec.RAW_ENCODINGS)}')

@@ -24,7 +24,7 @@ from vpr_ros.core.bag import read_frames
 from vpr_ros.core.config import LocalizerConfig
 from vpr_ros.core.database import MapDatabase
 from vpr_ros.core.frame import Frame
-from vpr_ros.core.localizer import DEFAULT_MODEL, load_model, Localizer
+from vpr_ros.core.localizer import load_model, Localizer
 from vpr_ros.core.mapping import add_frames
 from vpr_ros.ros.bag_player import BagPlayer, PlayerConfig
 from vpr_ros.ros.localize_node import LocalizeNode
@@ -32,7 +32,6 @@ from vpr_ros.ros.matches import decode_matches
 from vpr_ros.ros.output_monitor import OutputMonitor
 from vpr_ros.ros.vpr_node import spin_in_background
 
-DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / 'weights' / 'pairvpr_lite.safetensors'
 OUTPUTS = ('pose', 'loop_closure', 'matches', 'markers', 'debug_image')
 
 
@@ -43,8 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--out', default='demo_live_output',
                         help='folder for the sample bags and the map; default: %(default)s')
     parser.add_argument('--checkpoint', default=None,
-                        help='model checkpoint; default: the shipped weights when present, else '
-                             f'{DEFAULT_MODEL} with ImageNet weights')
+                        help='model checkpoint; default: the shipped pairvpr_lite weights')
     parser.add_argument('--real-time', action='store_true',
                         help='play at the bag pace (frames may be dropped) instead of lock-step')
     parser.add_argument('--speed', type=float, default=1.0,
@@ -56,9 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def build_map(paths, checkpoint: Optional[str], map_dir: Path) -> Localizer:
     """Describe every frame of the map bag, save the map, and return the localizer."""
-    if checkpoint is None and DEFAULT_CHECKPOINT.is_file():
-        checkpoint = str(DEFAULT_CHECKPOINT)
-    model = load_model(checkpoint, None if checkpoint else DEFAULT_MODEL)
+    model = load_model(checkpoint)
     database = MapDatabase(model.spec, store_tokens=model.spec.has_pair_classifier)
     localizer = Localizer(model, database, LocalizerConfig())
     start = time.perf_counter()

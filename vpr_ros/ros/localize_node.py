@@ -13,6 +13,7 @@ worker reached them are dropped and counted (``dropped_stale``).
 
 from dataclasses import replace
 from functools import lru_cache
+import hashlib
 import os
 from pathlib import Path
 import sys
@@ -29,7 +30,7 @@ from std_srvs.srv import SetBool, Trigger
 from visualization_msgs.msg import MarkerArray
 
 from vpr_ros.core.database import MANIFEST_FILE, MapDatabase
-from vpr_ros.core.errors import ImageDecodeError, VprError
+from vpr_ros.core.errors import ImageDecodeError, MapChangedError, VprError
 from vpr_ros.core.geometry import positions_array
 from vpr_ros.core.image_codec import read_image_file
 from vpr_ros.core.localizer import load_model, LocalizationResult, Localizer
@@ -45,8 +46,10 @@ from vpr_ros.ros.vpr_node import input_qos, run_node, VprNode
 
 WORKER_POLL_S = 0.2
 MAP_MARKER_PERIOD_S = 5.0
+MAP_LOAD_ATTEMPTS = 5
+"""Loads of a map that a concurrent save keeps replacing (``MapChangedError``) before giving up."""
 COUNTERS = ('received', 'processed', 'dropped_stale', 'skipped_paused', 'skipped_keyframe_gate',
-            'result.accepted')
+            'result.accepted', 'map_reloads', 'map_reload_failures')
 
 
 @lru_cache(maxsize=8)
@@ -60,9 +63,14 @@ def _map_image(source: str) -> Optional[np.ndarray]:
         return None
 
 
-def _manifest_mtime(map_path: str) -> Optional[int]:
+def _manifest_key(map_path: str) -> Optional[bytes]:
+    """Return a digest of the map's manifest (it lists every file's sha256), None if unreadable.
+
+    Unlike the manifest's mtime, the digest changes with every save that changes the map, however
+    close together two saves are.
+    """
     try:
-        return (Path(map_path) / MANIFEST_FILE).stat().st_mtime_ns
+        return hashlib.sha256((Path(map_path) / MANIFEST_FILE).read_bytes()).digest()
     except OSError:
         return None
 
@@ -75,8 +83,16 @@ class LocalizeNode(VprNode):
     """
 
     def __init__(self, localizer: Optional[Localizer] = None, **kwargs) -> None:
-        """Declare parameters, load model and map, create the interfaces, start the worker."""
-        super().__init__('localize', LOCALIZE_GROUPS, COUNTERS, **kwargs)
+        """Declare parameters, load model and map, create the interfaces, start the worker.
+
+        An injected ``localizer`` keeps its configuration: it becomes the default of the
+        ``localizer.*`` parameters (overrides still apply).
+        """
+        groups = LOCALIZE_GROUPS
+        if localizer is not None:
+            groups = tuple(replace(g, defaults=localizer.config) if g.prefix == 'localizer'
+                           else g for g in groups)
+        super().__init__('localize', groups, COUNTERS, **kwargs)
         self._lock = threading.Lock()
         self._paused = False
         self._last_stamp_ns: Optional[int] = None
@@ -84,9 +100,9 @@ class LocalizeNode(VprNode):
         self._odom = PoseBuffer(capacity=100)
         self._slot = LatestSlot()
         self._map_marker_due = 0.0
+        self._map_key = _manifest_key(self.params.config().map_path)
         self._localizer = localizer or self._build_localizer()
         self._localizer.update_config(self.params.config('localizer'))
-        self._map_mtime = _manifest_mtime(self.params.config().map_path)
         self._create_interfaces()
         self._worker = threading.Thread(target=self._run_worker, name='vpr_localize',
                                         daemon=True)
@@ -107,7 +123,7 @@ class LocalizeNode(VprNode):
     def _open_map(self, spec) -> MapDatabase:
         path = self.params.config().map_path
         if path and Path(path).exists():
-            return MapDatabase.load(path, expected_spec=spec)
+            return self._load_map(path, spec)
         self.get_logger().warning(f'map {path!r} does not exist: starting with an empty map')
         return MapDatabase(spec)
 
@@ -163,44 +179,78 @@ class LocalizeNode(VprNode):
         return response
 
     def reload_map(self) -> int:
-        """Load the map at ``map_path`` again (same model) and return its size."""
+        """Load the map at ``map_path`` again (same model) and return its size.
+
+        The localizer configuration is the current parameters', taken under the same lock as
+        run-time parameter changes, so a change made during a reload is never lost.
+        """
+        try:
+            size = self._reload_map()
+        except (VprError, OSError):
+            self.stats.count('map_reload_failures')
+            raise
+        self.stats.count('map_reloads')
+        return size
+
+    def _reload_map(self) -> int:
         path = self.params.config().map_path
         if not path or not Path(path).exists():
             raise VprError(f'map {path!r} does not exist')
-        current = self.localizer
-        database = MapDatabase.load(path, expected_spec=current.model.spec)
-        fresh = Localizer(current.model, database, current.config)
+        key = _manifest_key(path)     # before loading: a save during the load is seen next time
+        model = self.localizer.model
+        database = self._load_map(path, model.spec)
         with self._lock:
-            self._localizer = fresh
-        self._map_mtime = _manifest_mtime(path)
+            self._localizer = Localizer(model, database, self.params.config('localizer'))
+        self._map_key = key
         self._map_marker_due = 0.0
         self.get_logger().info(f'loaded map {path} with {len(database)} places')
         return len(database)
 
-    def _watch_map(self) -> None:
-        mtime = _manifest_mtime(self.params.config().map_path)
-        if mtime is not None and mtime != self._map_mtime:
+    def _load_map(self, path: str, spec) -> MapDatabase:
+        """Load the map, again when a concurrent save replaced it meanwhile (build_map)."""
+        for attempt in range(1, MAP_LOAD_ATTEMPTS + 1):
             try:
-                self.reload_map()
-            except (VprError, OSError) as exc:
-                self.get_logger().warning(f'map changed but could not be reloaded: {exc}')
-                self._map_mtime = mtime
+                return MapDatabase.load(path, expected_spec=spec)
+            except MapChangedError as exc:
+                if attempt == MAP_LOAD_ATTEMPTS:
+                    raise
+                self.get_logger().debug(f'{exc}; attempt {attempt + 1}')
+
+    def _watch_map(self) -> None:
+        key = _manifest_key(self.params.config().map_path)
+        if key is None or key == self._map_key:
+            return
+        try:
+            self.reload_map()
+        except MapChangedError as exc:
+            self.get_logger().warning(f'map keeps changing, trying again later: {exc}')
+        except (VprError, OSError) as exc:
+            self.get_logger().warning(f'map changed but could not be reloaded: {exc}')
+            self._map_key = key
 
     def on_parameters_changed(self, prefixes: set) -> None:
         """Apply new thresholds / top-K and keyframe rules at run time."""
         if 'localizer' in prefixes:
-            self.localizer.update_config(self.params.config('localizer'))
+            with self._lock:
+                self._localizer.update_config(self.params.config('localizer'))
         if 'keyframe' in prefixes:
             self._gate.update_config(self.params.config('keyframe'))
 
     def diagnostic_values(self) -> tuple[dict, Optional[str]]:
-        """Return map size, device, model and state for /diagnostics."""
+        """Return map size, device, model, ranking and state for /diagnostics."""
         localizer = self.localizer
         size = len(localizer.database)
+        scoring = localizer.scoring
+        reranks = localizer.can_rerank
         values = {'map_size': size, 'device': str(localizer.device),
                   'model': localizer.model.spec.architecture, 'paused': self._paused,
-                  'map_path': self.params.config().map_path}
+                  'map_path': self.params.config().map_path,
+                  'ranking': scoring.fusion if reranks else 'global (no re-ranking)',
+                  'fusion_beta': scoring.beta if reranks and scoring.fusion == 'fused' else '',
+                  'probability_calibrated': scoring.calibrated if reranks else False}
         warning = 'paused' if self._paused else ('map is empty' if size == 0 else None)
+        if warning is None and reranks and not scoring.calibrated:
+            warning = 'match probabilities are uncalibrated'
         self._publish_map_markers(localizer)
         return values, warning
 

@@ -5,7 +5,7 @@ first), because that standard type carries a header and *named, typed fields*:
 
 - ``header.stamp`` = the query image stamp; ``header.frame_id`` = the map frame of the poses;
 - ``height = 1``, ``width = number of candidates`` (0 when the map is empty), little-endian,
-  ``point_step = 96``, ``is_dense = False`` (NaN marks a missing value).
+  ``point_step = 104``, ``is_dense = False`` (NaN marks a missing value).
 
 ==================  ========  ======  ===============================================
 field               type      offset  meaning
@@ -19,6 +19,8 @@ map_id              UINT32    80      map entry id
 map_stamp_sec       INT32     84      map entry stamp, seconds part
 map_stamp_nanosec   UINT32    88      map entry stamp, nanoseconds part
 accepted            UINT8     92      1 on the first point when the match was accepted
+score               FLOAT64   96      the ranking score the list is sorted by (fused, pair
+                                      or global, per ``localizer.rerank_fusion``)
 ==================  ========  ======  ===============================================
 
 Because x, y, z come first, RViz shows the candidates as points. :func:`decode_matches` turns the
@@ -37,14 +39,14 @@ from vpr_ros.core.errors import VprError
 from vpr_ros.core.geometry import Pose
 
 NS_PER_S = 1_000_000_000
-POINT_STEP = 96
+POINT_STEP = 104
 _F64, _U32, _I32, _U8 = PointField.FLOAT64, PointField.UINT32, PointField.INT32, PointField.UINT8
 MATCH_FIELDS = (
     ('x', 0, _F64), ('y', 8, _F64), ('z', 16, _F64),
     ('qx', 24, _F64), ('qy', 32, _F64), ('qz', 40, _F64), ('qw', 48, _F64),
     ('global_similarity', 56, _F64), ('pair_score', 64, _F64), ('probability', 72, _F64),
     ('map_id', 80, _U32), ('map_stamp_sec', 84, _I32), ('map_stamp_nanosec', 88, _U32),
-    ('accepted', 92, _U8),
+    ('accepted', 92, _U8), ('score', 96, _F64),
 )
 """(name, byte offset, PointField datatype) of every field of a ``~/matches`` point."""
 
@@ -67,6 +69,7 @@ class MatchCandidate:
     pair_score: float
     probability: float
     pose: Optional[Pose]
+    score: float = math.nan
 
 
 @dataclass(frozen=True)
@@ -96,14 +99,16 @@ def _pose_columns(candidate: object) -> tuple:
 def encode_matches(header: Header, candidates: Sequence[object], accepted: bool) -> PointCloud2:
     """Build the ``~/matches`` message for ranked ``candidates`` (core ``Candidate`` objects).
 
-    Each candidate needs ``map_id, stamp_ns, global_similarity, pair_score, probability, pose``.
+    Each candidate needs ``map_id, stamp_ns, global_similarity, pair_score, probability, pose``
+    and may have ``score`` (NaN when absent).
     """
     rows = np.zeros(len(candidates), dtype=_dtype(MATCH_FIELDS, POINT_STEP))
     for i, cand in enumerate(candidates):
         sec, nanosec = divmod(int(cand.stamp_ns), NS_PER_S)
         rows[i] = (_pose_columns(cand) + (cand.global_similarity, cand.pair_score,
                                           cand.probability, cand.map_id, sec, nanosec,
-                                          int(accepted and i == 0)))
+                                          int(accepted and i == 0),
+                                          getattr(cand, 'score', math.nan)))
     msg = PointCloud2(header=header, height=1, width=len(candidates), is_bigendian=False,
                       point_step=POINT_STEP, row_step=POINT_STEP * len(candidates),
                       is_dense=False)
@@ -134,7 +139,8 @@ def _candidate(row: np.void, frame_id: str) -> MatchCandidate:
         pose = Pose(tuple(pose_values[:3]), tuple(pose_values[3:]), frame_id)
     stamp = int(row['map_stamp_sec']) * NS_PER_S + int(row['map_stamp_nanosec'])
     return MatchCandidate(int(row['map_id']), stamp, float(row['global_similarity']),
-                          float(row['pair_score']), float(row['probability']), pose)
+                          float(row['pair_score']), float(row['probability']), pose,
+                          float(row['score']))
 
 
 def decode_matches(msg: PointCloud2) -> Matches:

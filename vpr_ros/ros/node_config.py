@@ -12,11 +12,10 @@ those keys (test-enforced).
 from dataclasses import dataclass, fields
 from typing import Optional
 
-from vpr_ros.core.config import IndexConfig, LocalizerConfig, option, validate
+from vpr_ros.core.config import DEFAULT_MODEL, IndexConfig, LocalizerConfig, option, validate
 
 RELIABILITIES = ('best_effort', 'reliable')
 POSE_SOURCES = ('odometry', 'pose_stamped', 'pose_with_covariance')
-DEFAULT_MODEL = 'efficientnet_lite0_gem'
 
 
 @dataclass(frozen=True)
@@ -132,6 +131,13 @@ class ParameterGroup:
     cls: type
     names: Optional[tuple] = None
     runtime: Optional[frozenset] = None
+    defaults: Optional[object] = None
+
+    def default(self, name: str) -> object:
+        """Return the declared default of field ``name`` (from ``defaults`` when set)."""
+        if self.defaults is not None:
+            return getattr(self.defaults, name)
+        return {f.name: f for f in fields(self.cls)}[name].default
 
     def field_names(self) -> tuple:
         """Return the declared field names (all fields unless ``names`` picks a subset)."""
@@ -149,8 +155,9 @@ class ParameterGroup:
         return bool(meta.get('runtime', False))
 
 
-LOCALIZER_RUNTIME = frozenset({'top_k', 'rerank', 'rerank_batch_size', 'accept_probability',
-                               'temporal_window', 'temporal_max_distance_m'})
+LOCALIZER_RUNTIME = frozenset({'top_k', 'rerank', 'rerank_fusion', 'fusion_beta',
+                               'rerank_batch_size', 'accept_probability', 'temporal_window',
+                               'temporal_max_distance_m', 'temporal_max_id_gap'})
 LOCALIZE_GROUPS = (
     ParameterGroup('', LocalizeNodeConfig),
     ParameterGroup('localizer', LocalizerConfig, runtime=LOCALIZER_RUNTIME),

@@ -57,7 +57,8 @@ def declare_group(node: Node, group: ParameterGroup) -> Any:
     for name in group.field_names():
         spec = specs[name]
         descriptor = parameter_descriptor(spec, read_only=not group.is_runtime(name))
-        param = node.declare_parameter(group.parameter_name(name), spec.default, descriptor)
+        param = node.declare_parameter(group.parameter_name(name), group.default(name),
+                                       descriptor)
         values[name] = param.value
     return config_from_dict(group.cls, values)
 

@@ -322,7 +322,7 @@ def match_from_message(decoded: Matches, latency_ms: Optional[float] = None) -> 
     The candidates go through :func:`match_from_result`, exactly as offline results do.
     """
     candidates = tuple(Candidate(c.map_id, c.map_stamp_ns, c.global_similarity, c.pair_score,
-                                 c.probability, c.pose) for c in decoded.candidates)
+                                 c.probability, c.pose, c.score) for c in decoded.candidates)
     timings = {} if latency_ms is None else {'end_to_end': float(latency_ms)}
     reason = 'accepted' if decoded.accepted else 'not accepted'
     result = LocalizationResult(decoded.stamp_ns, candidates, decoded.accepted, reason, timings)

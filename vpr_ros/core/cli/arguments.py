@@ -7,7 +7,7 @@ import sys
 import typing
 from typing import Callable, Optional, Sequence, Type, TypeVar
 
-from vpr_ros.core.config import config_from_dict
+from vpr_ros.core.config import config_from_dict, DEFAULT_MODEL
 from vpr_ros.core.errors import VprError
 
 T = TypeVar('T')
@@ -38,7 +38,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """Add ``--model`` / ``--checkpoint`` (mutually exclusive)."""
     group = parser.add_mutually_exclusive_group()
     group.add_argument('--model', default=None,
-                       help='registry model name; default: efficientnet_lite0_gem')
+                       help=f'registry model name, with its shipped weights; default: '
+                            f'{DEFAULT_MODEL}')
     group.add_argument('--checkpoint', default=None,
                        help='vpr_ros safetensors checkpoint to load instead of --model '
                             '(default: %(default)s)')

@@ -19,12 +19,11 @@ from vpr_ros.core.cli.arguments import configure_logging
 from vpr_ros.core.config import LocalizerConfig
 from vpr_ros.core.database import MapDatabase
 from vpr_ros.core.frame_source import batched, frame_positions
-from vpr_ros.core.localizer import DEFAULT_MODEL, load_model, LocalizationResult, Localizer
+from vpr_ros.core.localizer import load_model, LocalizationResult, Localizer
 from vpr_ros.core.mapping import add_frames
 from vpr_ros.core.metrics import format_recalls, positives_within_radius, recall_at_n
 from vpr_ros.core.sample import write_sample
 
-DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / 'weights' / 'pairvpr_lite.safetensors'
 RECALL_NS = (1, 5, 10)
 
 
@@ -39,23 +38,21 @@ def build_parser() -> argparse.ArgumentParser:
                         help='a map frame within this distance of the query is a correct match '
                              '(default: %(default)s)')
     parser.add_argument('--checkpoint', default=None,
-                        help='model checkpoint; default: the shipped pair-classifier weights '
-                             'when present, else the global-only default model')
+                        help='model checkpoint; default: the shipped pairvpr_lite weights '
+                             '(global search + pair re-ranking)')
     parser.add_argument('--verbose', action='store_true', help='log progress details')
     return parser
 
 
 def choose_model(checkpoint: Optional[str]):
     """Load the demo model and say plainly whether it re-ranks."""
-    if checkpoint is None and DEFAULT_CHECKPOINT.is_file():
-        checkpoint = str(DEFAULT_CHECKPOINT)
-    model = load_model(checkpoint=checkpoint, model=None if checkpoint else DEFAULT_MODEL)
+    model = load_model(checkpoint=checkpoint)
+    source = checkpoint or 'the shipped weights'
     if model.spec.has_pair_classifier:
-        print(f'model: {model.spec.architecture} from {checkpoint} '
-              '(global search + pair re-ranking)')
+        print(f'model: {model.spec.architecture} from {source} (global search + pair re-ranking)')
     else:
-        print(f'model: {model.spec.architecture} with ImageNet weights; running global-only '
-              '(no trained pair-classifier weights are shipped yet)')
+        print(f'model: {model.spec.architecture} from {source}; global search only (no pair '
+              'classifier)')
     return model
 
 
@@ -68,6 +65,29 @@ def localize_all(localizer: Localizer, frames) -> list[LocalizationResult]:
                                                 [f.stamp_ns for f in batch])
             bar.update(len(batch))
     return results
+
+
+def global_order(results: list[LocalizationResult]) -> np.ndarray:
+    """Return each query's shortlist ranked by global similarity alone (before re-ranking)."""
+    return np.array([[c.map_id for c in sorted(r.candidates, key=lambda c: -c.global_similarity)]
+                     for r in results])
+
+
+def describe_scoring(localizer: Localizer) -> str:
+    """Return e.g. ``'pair score + 80 x global similarity, calibrated'``."""
+    scoring = localizer.scoring
+    text = {'fused': f'pair score + {scoring.beta:g} x global similarity',
+            'pair': 'pair score', 'global': 'global similarity'}[scoring.fusion]
+    return f'{text}, {"calibrated" if scoring.calibrated else "uncalibrated"}'
+
+
+def report_decisions(results: list[LocalizationResult], predictions: np.ndarray,
+                     positives: list, threshold: float) -> None:
+    """Print how many matches the localizer accepted and how many of those were wrong."""
+    accepted = [q for q, r in enumerate(results) if r.accepted]
+    wrong = [q for q in accepted if predictions[q, 0] not in set(positives[q])]
+    print(f'accepted matches (p >= {threshold:g}, temporal check): {len(accepted)} of '
+          f'{len(results)}, {len(wrong)} wrong')
 
 
 def report_timings(results: list[LocalizationResult], build_rate: float) -> None:
@@ -122,7 +142,7 @@ def run(out: Path, radius_m: float, checkpoint: Optional[str]) -> dict:
     print(f'sample: rendered both traversals in {time.perf_counter() - t0:.1f} s -> '
           f'{sample.map_bag}, {sample.query_bag}')
     model = choose_model(checkpoint)
-    localizer = Localizer(model, MapDatabase(model.spec), LocalizerConfig(top_k=20))
+    localizer = Localizer(model, MapDatabase(model.spec), LocalizerConfig())
     map_frames = list(read_frames(sample.map_bag, sample.image_topic, sample.pose_topic))
     query_frames = list(read_frames(sample.query_bag, sample.image_topic, sample.pose_topic))
     t0 = time.perf_counter()
@@ -136,7 +156,14 @@ def run(out: Path, radius_m: float, checkpoint: Optional[str]) -> dict:
     recalls = recall_at_n(predictions, positives, ns=(1, 2, 5, 10, 20))
     print(f'{len(query_frames)} queries against {len(map_frames)} map images '
           f'(correct = within {radius_m:g} m)')
-    print(format_recalls({n: recalls[n] for n in RECALL_NS}))
+    if results and results[0].reranked:
+        before = recall_at_n(global_order(results), positives, ns=RECALL_NS)
+        print(f'before re-ranking (global descriptor): {format_recalls(before)}')
+        print(f'after re-ranking ({describe_scoring(localizer)}): '
+              f'{format_recalls({n: recalls[n] for n in RECALL_NS})}')
+    else:
+        print(format_recalls({n: recalls[n] for n in RECALL_NS}))
+    report_decisions(results, predictions, positives, localizer.config.accept_probability)
     report_timings(results, build_rate)
     print(f'plot: {plot(out, map_xy, query_xy, predictions, positives, recalls)}')
     return recalls

@@ -6,6 +6,7 @@ Examples::
     vpr-eval --dataset-format index-list --dataset corridor --out report/
     vpr-eval --dataset-format bags --dataset map_bag --query-bag query_bag
              --image-topic /camera/image_raw --pose-topic /odom --out report/
+    vpr-eval --dataset-format sequence --dataset rtabmap_samples --min-gap 10 --out report/
 
 The printed line follows VPR-methods-evaluation: ``R@1: 68.5, R@5: 92.8, ...``.
 """
@@ -69,8 +70,11 @@ def add_evaluation_arguments(parser: argparse.ArgumentParser) -> None:
 def _add_dataset_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group('dataset options')
     group.add_argument('--ground-truth', default='ground_truth.json',
-                       help='index-list ground truth file in the dataset folder '
+                       help='index-list / sequence ground truth file in the dataset folder '
                             '(default: %(default)s)')
+    group.add_argument('--min-gap', type=int, default=10,
+                       help='sequence: a frame is matched against frames at least this many '
+                            'frames earlier (default: %(default)s)')
     group.add_argument('--index-dir', default=None,
                        help='msls-val: folder with the official msls_val_*.npy index lists')
     group.add_argument('--variant', default='30k', choices=('30k', '250k'),
@@ -94,6 +98,8 @@ def dataset_options(args: argparse.Namespace) -> dict:
         options = {'radius_m': args.radius}
     elif fmt == 'index-list':
         options = {'ground_truth': args.ground_truth}
+    elif fmt == 'sequence':
+        options = {'ground_truth': args.ground_truth, 'min_gap': args.min_gap}
     elif fmt == 'bags':
         options = {'query_bag': args.query_bag, **bag_pair_options(args)}
     else:

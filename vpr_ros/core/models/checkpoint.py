@@ -1,10 +1,20 @@
 """Model weights on disk: our safetensors checkpoints and the official Pair-VPR/DINOv2 files.
 
 Our format is one safetensors file: the model's state dict plus metadata ``format`` =
-``vpr_ros.checkpoint``, ``version`` = ``1``, ``spec`` = :meth:`ModelSpec.to_json` and ``sha256``
-= :func:`tensor_digest` of the tensors (safetensors itself has no checksum). Loading rebuilds the
-network from the registry (``spec.architecture`` and ``spec.options``) and refuses any missing,
-unexpected or mis-shaped tensor and any tensor data that does not match the digest.
+``vpr_ros.checkpoint``, ``version`` = ``2``, ``spec`` = :meth:`ModelSpec.to_json` and ``sha256``
+= :func:`checkpoint_digest` of the tensors *and* every other metadata field (safetensors itself
+has no checksum; version 1 files, whose digest covers the tensors only, still load). Loading
+rebuilds the network from the registry (``spec.architecture`` and ``spec.options``) and refuses
+any missing, unexpected or mis-shaped tensor and any tensor data or metadata that does not match
+the digest.
+
+Registry models that ship trained weights (:data:`SHIPPED_WEIGHTS`, files in ``vpr_ros/weights``)
+are loaded with them by :func:`load_pretrained`; the others come from their registry factory.
+
+The optional metadata field ``rerank_scoring`` (:meth:`RerankScoring.to_json`) holds the score
+fusion and calibration chosen for the weights; loading sets it as ``model.rerank_scoring`` and
+refuses a malformed one. A checkpoint without it loads with ``rerank_scoring = None`` (the
+localizer then warns that its probabilities are uncalibrated).
 
 A *partial* checkpoint (``save_checkpoint(model, path, base_weights=NAME)``) stores only the
 tensors outside the part that ``NAME`` covers, as float16, and names the base in the metadata
@@ -43,7 +53,8 @@ from safetensors import safe_open, SafetensorError
 from safetensors.torch import load_file, save_file
 import torch
 
-from vpr_ros.core.errors import CheckpointError
+from vpr_ros.core.errors import CheckpointError, ConfigError
+from vpr_ros.core.fusion import RerankScoring
 from vpr_ros.core.models.dinov2 import DinoV2Encoder, from_official_keys, to_official_keys
 from vpr_ros.core.models.efficientnet import create_lite0_encoder
 from vpr_ros.core.models.pair_decoder import interpolate_decoder_pos_embed
@@ -55,13 +66,17 @@ from vpr_ros.core.models.vpr_model import VprModel
 LOGGER = logging.getLogger(__name__)
 
 FORMAT_NAME = 'vpr_ros.checkpoint'
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+SUPPORTED_VERSIONS = ('1', '2')
 OFFICIAL_ENCODER_PREFIX = 'encoder.model.'
 OFFICIAL_GLOBALIZER_PREFIX = 'globalizer.0.'
 OFFICIAL_DECODER_NAMES = ('decoder_clstoken', 'mask_token', 'dec_pos_embed', 'dec_pos_embed_cls',
                           'decoder_embed', 'dec_blocks', 'dec_norm', 'prediction_head',
                           'classvprmodule')
 MAX_NAMED_KEYS = 8
+WEIGHTS_DIR = Path(__file__).resolve().parents[2] / 'weights'
+SHIPPED_WEIGHTS = {'pairvpr_lite': 'pairvpr_lite.safetensors'}
+"""Registry name -> trained weights file in :data:`WEIGHTS_DIR` (see :func:`load_pretrained`)."""
 
 PathLike = Union[str, os.PathLike]
 
@@ -90,22 +105,27 @@ BASE_WEIGHTS = {
 
 # ---- our format ----------------------------------------------------------------------------
 
-def save_checkpoint(model: VprModel, path: PathLike, base_weights: Optional[str] = None) -> Path:
+def save_checkpoint(model: VprModel, path: PathLike, base_weights: Optional[str] = None,
+                    rerank_scoring: Optional[RerankScoring] = None) -> Path:
     """Write ``model``'s weights and spec to ``path`` atomically; return the path.
 
     With ``base_weights`` (a :data:`BASE_WEIGHTS` name) the file is a partial checkpoint: the
     tensors the base covers are left out (they must equal the base weights) and the others are
-    stored as float16.
+    stored as float16. ``rerank_scoring`` (default: ``model.rerank_scoring``) is stored in the
+    metadata when there is one.
     """
     path = Path(path)
     state = {key: value.detach().cpu().contiguous().clone()
              for key, value in model.state_dict().items()}
     metadata = {'format': FORMAT_NAME, 'version': str(FORMAT_VERSION),
                 'spec': model.spec.to_json()}
+    scoring = rerank_scoring or getattr(model, 'rerank_scoring', None)
+    if scoring is not None:
+        metadata['rerank_scoring'] = scoring.to_json()
     if base_weights is not None:
         state = _partial_state(state, model.spec, base_weights)
         metadata['base_weights'] = base_weights
-    metadata['sha256'] = tensor_digest(state)
+    metadata['sha256'] = checkpoint_digest(state, metadata)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
     os.close(handle)
@@ -128,7 +148,11 @@ def load_checkpoint(path: PathLike, device: Union[str, torch.device] = 'cpu') ->
     """
     path = Path(path)
     metadata = _read_metadata(path)
-    spec = spec_from_metadata(metadata, path)
+    try:
+        spec = spec_from_metadata(metadata, path)
+    except (OverflowError, RecursionError) as exc:
+        raise CheckpointError(f'{path}: malformed model spec metadata: {exc!r}') from exc
+    scoring = scoring_from_metadata(metadata, path)
     base = None
     if 'base_weights' in metadata:
         base = base_weights_for(metadata['base_weights'], spec.architecture, str(path))
@@ -139,13 +163,47 @@ def load_checkpoint(path: PathLike, device: Union[str, torch.device] = 'cpu') ->
         expected = {key: value for key, value in expected.items()
                     if not key.startswith(base.prefix)}
     check_state_dict(expected, state, f'checkpoint {path}')
-    if tensor_digest(state) != metadata.get('sha256'):
-        raise CheckpointError(f'{path}: tensor data does not match the stored sha256 (corrupt or '
-                              f'modified file)')
+    _check_dtypes(expected, state, path, half=base is not None)
+    if stored_digest(state, metadata) != metadata.get('sha256'):
+        raise CheckpointError(f'{path}: tensor data or metadata does not match the stored sha256 '
+                              f'(corrupt or modified file)')
     if base is not None:
         state = _with_base(model, state, base, metadata['base_weights'])
     model.load_state_dict(state, strict=True)
+    model.rerank_scoring = scoring
     return model.to(device).eval()
+
+
+def scoring_from_metadata(metadata: dict, path: Path) -> Optional[RerankScoring]:
+    """Return the checkpoint's stored :class:`RerankScoring` (None when it has none)."""
+    if 'rerank_scoring' not in metadata:
+        return None
+    try:
+        return RerankScoring.from_json(metadata['rerank_scoring'])
+    except ConfigError as exc:
+        raise CheckpointError(f'{path}: malformed rerank_scoring metadata: {exc}') from exc
+
+
+def shipped_weights_path(name: str) -> Optional[Path]:
+    """Return the shipped weights file of registry model ``name`` (None when it has none)."""
+    return WEIGHTS_DIR / SHIPPED_WEIGHTS[name] if name in SHIPPED_WEIGHTS else None
+
+
+def load_pretrained(name: str, device: Union[str, torch.device] = 'cpu') -> VprModel:
+    """Return registry model ``name`` with its shipped trained weights, in eval mode.
+
+    A model listed in :data:`SHIPPED_WEIGHTS` is loaded from its checkpoint (with the stored
+    fusion and calibration); any other is built by its registry factory with the weights the
+    factory loads (ImageNet for ``efficientnet_lite0_gem``). A missing shipped file is an error.
+    """
+    path = shipped_weights_path(name)
+    if path is None:
+        return create_model(name).to(device).eval()
+    if not path.is_file():
+        raise CheckpointError(f'the shipped weights of {name!r} ({path}) are missing: reinstall '
+                              'vpr_ros or pass a checkpoint')
+    LOGGER.info('loading the shipped %s weights from %s', name, path)
+    return load_checkpoint(path, device)
 
 
 def base_weights_for(name: str, architecture: str, source: str) -> BaseWeights:
@@ -194,6 +252,21 @@ def tensor_digest(state: dict) -> str:
     return digest.hexdigest()
 
 
+def checkpoint_digest(state: dict, metadata: dict) -> str:
+    """Return the version-2 SHA-256: the tensors, then every metadata field but ``sha256``."""
+    digest = hashlib.sha256(tensor_digest(state).encode())
+    fields = {key: value for key, value in metadata.items() if key != 'sha256'}
+    digest.update(json.dumps(fields, sort_keys=True).encode())
+    return digest.hexdigest()
+
+
+def stored_digest(state: dict, metadata: dict) -> str:
+    """Return the digest that a file of ``metadata['version']`` stores for ``state``."""
+    if metadata.get('version') == '1':
+        return tensor_digest(state)
+    return checkpoint_digest(state, metadata)
+
+
 def read_checkpoint_spec(path: PathLike) -> ModelSpec:
     """Return the :class:`ModelSpec` stored in checkpoint ``path`` after checking the format."""
     path = Path(path)
@@ -205,9 +278,9 @@ def spec_from_metadata(metadata: dict, path: Path) -> ModelSpec:
     if metadata.get('format') != FORMAT_NAME:
         raise CheckpointError(f'{path} is not a vpr_ros checkpoint (metadata format '
                               f'{metadata.get("format")!r}, expected {FORMAT_NAME!r})')
-    if metadata.get('version') != str(FORMAT_VERSION):
+    if metadata.get('version') not in SUPPORTED_VERSIONS:
         raise CheckpointError(f'{path}: checkpoint version {metadata.get("version")!r} is not '
-                              f'supported (expected {FORMAT_VERSION})')
+                              f'supported (expected one of {list(SUPPORTED_VERSIONS)})')
     if 'spec' not in metadata:
         raise CheckpointError(f'{path}: checkpoint metadata has no model spec')
     try:
@@ -255,6 +328,18 @@ def _read_safetensors(path: Path) -> dict:
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f'{path}: cannot read tensors (corrupt or truncated): '
                               f'{exc}') from exc
+
+
+def _check_dtypes(expected: dict, state: dict, path: Path, half: bool) -> None:
+    """Refuse tensors stored with another dtype than the model's (float16 in a partial file)."""
+    wrong = []
+    for key, value in sorted(expected.items()):
+        want = torch.float16 if half and value.is_floating_point() else value.dtype
+        if state[key].dtype != want:
+            wrong.append(f'{key} (file {state[key].dtype}, expected {want})')
+    if wrong:
+        raise CheckpointError(f'{path}: {len(wrong)} tensors have the wrong dtype: '
+                              f'{_name_keys(wrong)}')
 
 
 def _require_file(path: Path) -> None:

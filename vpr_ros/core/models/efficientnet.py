@@ -19,6 +19,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from vpr_ros.core.errors import CheckpointError
+from vpr_ros.core.models.correspondence import CorrespondenceClassifier
 from vpr_ros.core.models.pair_decoder import PairDecoder
 from vpr_ros.core.models.registry import ENCODERS, register_model
 from vpr_ros.core.models.spec import ModelSpec
@@ -36,6 +37,10 @@ DEFAULT_INPUT_SIZE = (240, 320)
 # (its shipped pair classifier was trained on top of that frozen encoder; docs/default_weights.md).
 PAIR_LITE_INPUT_SIZE = DEFAULT_INPUT_SIZE
 TF_BN_EPS = 1e-3
+# Output channels and stride of each of the seven block stages of EfficientNet-Lite0.
+STAGE_CHANNELS = (16, 24, 40, 80, 112, 192, 320)
+STAGE_STRIDES = (2, 4, 8, 16, 16, 32, 32)
+PAIR_HEADS = ('decoder', 'correspondence')
 
 # lukemelas/EfficientNet-PyTorch module names -> timm EfficientNet module names.
 STEM_HEAD_NAMES = {'_conv_stem': 'conv_stem', '_bn0': 'bn1', '_conv_head': 'conv_head',
@@ -196,12 +201,21 @@ class EfficientNetGem(VprModel):
     @property
     def grid(self) -> tuple[int, int]:
         """Return the feature-map size ``(h, w)`` for the spec's input size."""
+        return self._grid(FEATURE_STRIDE)
+
+    @property
+    def token_grid(self) -> tuple[int, int]:
+        """Return the grid of the tokens that :meth:`describe` returns."""
+        return self.grid
+
+    def _grid(self, stride: int) -> tuple[int, int]:
+        """Return the size ``(h, w)`` of a feature map of ``stride`` ('same' padding)."""
         height, width = self.options['input_size']
-        return -(-height // FEATURE_STRIDE), -(-width // FEATURE_STRIDE)
+        return -(-height // stride), -(-width // stride)
 
     def _make_spec(self, token_dim: int, has_pair_classifier: bool) -> ModelSpec:
         """Build the :class:`ModelSpec` recording this model's options."""
-        grid_h, grid_w = self.grid
+        grid_h, grid_w = self.token_grid
         return ModelSpec(
             architecture=self.architecture, input_size=tuple(self.options['input_size']),
             mean=IMAGENET_MEAN, std=IMAGENET_STD,
@@ -297,7 +311,87 @@ class PairVprLite(EfficientNetGem):
         return self.decoder.reconstruct(first, second)
 
 
+class MatchingPairVprLite(EfficientNetGem):
+    """EfficientNet-Lite0 + GeM global descriptor, with a correspondence pair classifier.
+
+    The tokens are the L2-normalised output of block stage ``match_stage`` (stage 4: 112
+    channels at stride 16, a 15 x 20 grid for 240 x 320 input), computed in the same encoder
+    pass as the global descriptor. The :class:`CorrespondenceClassifier` reads only how the two
+    grids' local features correspond, not what they look like, so it transfers from procedural
+    training routes to real images. It has no stage-one (MIM) reconstruction head.
+    """
+
+    architecture = 'pairvpr_lite'
+
+    def __init__(self, pretrained: bool = True,
+                 input_size: Sequence[int] = PAIR_LITE_INPUT_SIZE,
+                 descriptor_dim: Optional[int] = None, gem_p: float = 3.0,
+                 learnable_p: bool = False, pair_head: str = 'correspondence',
+                 match_stage: int = 4, matcher_dim: int = 32, matcher_depth: int = 0,
+                 matcher_heads: int = 2, mlp_ratio: float = 2.0) -> None:
+        """Build the GeM model and a correspondence classifier over stage ``match_stage``."""
+        super().__init__(pretrained, input_size, descriptor_dim, gem_p, learnable_p)
+        if pair_head != 'correspondence':
+            raise ValueError(f'{type(self).__name__} has pair_head correspondence, '
+                             f'got {pair_head!r}')
+        if not 0 <= match_stage < len(STAGE_CHANNELS):
+            raise ValueError(f'match_stage must be 0..{len(STAGE_CHANNELS) - 1}, '
+                             f'got {match_stage!r}')
+        self.options.update(pair_head=pair_head, match_stage=int(match_stage),
+                            matcher_dim=int(matcher_dim), matcher_depth=int(matcher_depth),
+                            matcher_heads=int(matcher_heads), mlp_ratio=float(mlp_ratio))
+        self.matcher = CorrespondenceClassifier(self.token_grid, matcher_dim, matcher_depth,
+                                                matcher_heads, mlp_ratio)
+        self.spec = self._make_spec(token_dim=STAGE_CHANNELS[match_stage],
+                                    has_pair_classifier=True)
+
+    @property
+    def token_grid(self) -> tuple[int, int]:
+        """Return the grid of the stage ``match_stage`` feature map (final map before set)."""
+        stage = self.options.get('match_stage')
+        return self.grid if stage is None else self._grid(STAGE_STRIDES[stage])
+
+    def feature_maps(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return ``(stage match_stage map, final map [B, 1280, H/32, W/32])`` in one pass."""
+        self.feature_map(images[:0])  # validates the input shape
+        encoder, stage = self.encoder, self.options['match_stage']
+        x = encoder.bn1(encoder.conv_stem(images))
+        middle = x
+        for index, block in enumerate(encoder.blocks):
+            x = block(x)
+            if index == stage:
+                middle = x
+        return middle, encoder.bn2(encoder.conv_head(x))
+
+    @staticmethod
+    def tokens(stage_map: torch.Tensor) -> torch.Tensor:
+        """Return the L2-normalised tokens ``[B, h*w, C]`` of a stage feature map."""
+        return F.normalize(stage_map.flatten(2).transpose(1, 2), dim=-1)
+
+    def describe(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return ``(global [B, D] L2-normalised, tokens [B, h*w, C])`` in one pass."""
+        middle, final = self.feature_maps(images)
+        return self.pool_descriptor(final), self.tokens(middle)
+
+    def pair_logit(self, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+        """Return the same-place logit ``[B]``; ``first`` carries the classifier's CLS token."""
+        return self.matcher.logit(first, second)
+
+    def pair_score(self, query: torch.Tensor, candidate: torch.Tensor) -> torch.Tensor:
+        """Return both orders' logits summed ``[B]``, from one similarity matrix per pair."""
+        return self.matcher.score(query, candidate)
+
+
 @register_model('pairvpr_lite')
-def create_pairvpr_lite(**options) -> PairVprLite:
-    """Build :class:`PairVprLite` (options as for the GeM model plus token/decoder sizes)."""
-    return PairVprLite(**options)
+def create_pairvpr_lite(pair_head: str = 'decoder', **options) -> EfficientNetGem:
+    """Build the lite Pair-VPR model with the ``pair_head`` classifier.
+
+    ``decoder`` (default): :class:`PairVprLite`, the Pair-VPR cross-attention decoder over
+    projected final-layer tokens (options: token/decoder sizes). ``correspondence``:
+    :class:`MatchingPairVprLite`, the shipped default (options: ``match_stage``, matcher sizes).
+    """
+    if pair_head == 'decoder':
+        return PairVprLite(**options)
+    if pair_head == 'correspondence':
+        return MatchingPairVprLite(pair_head=pair_head, **options)
+    raise ValueError(f'unknown pairvpr_lite pair_head {pair_head!r}; valid: {PAIR_HEADS}')

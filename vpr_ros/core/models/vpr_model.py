@@ -5,6 +5,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from vpr_ros.core.fusion import RerankScoring
 from vpr_ros.core.models.spec import ModelSpec
 
 
@@ -14,9 +15,14 @@ class VprModel(nn.Module):
     Subclasses set ``self.spec`` and implement :meth:`describe`; models with a pair classifier also
     implement :meth:`pair_logit`. Images are ``[B, 3, H, W]`` float tensors already normalised by
     :func:`vpr_ros.core.preprocessing.preprocess`.
+
+    ``rerank_scoring`` is the score fusion and calibration that came with the model's weights
+    (set by :func:`~vpr_ros.core.models.checkpoint.load_checkpoint`; None for untrained or
+    registry-built models). It is not part of the spec: maps do not depend on it.
     """
 
     spec: ModelSpec
+    rerank_scoring: Optional[RerankScoring] = None
 
     def describe(self, images: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """Return ``(global [B, D] L2-normalised, tokens [B, N, C] or None)`` in one pass."""
@@ -40,3 +46,10 @@ class VprModel(nn.Module):
     def pair_score(self, query: torch.Tensor, candidate: torch.Tensor) -> torch.Tensor:
         """Return the symmetric re-ranking score ``[B]``: both input orders' logits summed."""
         return self.pair_logit(query, candidate) + self.pair_logit(candidate, query)
+
+    def score_candidates(self, query: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        """Return ``[K]`` symmetric scores of one query's tokens ``[N, C]`` against ``[K, N, C]``.
+
+        Models that can share the query's work across candidates override this.
+        """
+        return self.pair_score(query[None].expand(len(candidates), -1, -1), candidates)

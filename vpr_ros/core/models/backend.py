@@ -1,0 +1,180 @@
+"""Inference backends behind one :class:`VprModel` API: PyTorch, onnxruntime, TensorRT.
+
+:func:`apply_backend` turns a loaded model into the model the localizer should run:
+
+- ``torch``: :class:`TorchVprModel`, the same PyTorch modules with the shared-query re-ranking
+  of :class:`~vpr_ros.core.models.pair_scorer.PairScorer`, CPU micro-batching and optional CPU
+  bfloat16;
+- ``onnx``: the exported graphs in onnxruntime (CUDA provider when the device is CUDA and
+  onnxruntime-gpu is installed, else CPU), see :mod:`vpr_ros.core.models.onnx_backend`;
+- ``tensorrt``: the same graphs through onnxruntime's TensorRT provider, fp16 engines built on
+  first use and cached next to the graphs (on a Jetson, ``trtexec`` engines are the alternative:
+  ``docs/deployment.md``).
+
+Every backend returns the same spec, so maps built with one are used with any other.
+"""
+
+import contextlib
+import logging
+import os
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from vpr_ros.core.config import ACCELERATIONS, BACKENDS
+from vpr_ros.core.errors import ConfigError
+from vpr_ros.core.models.onnx_backend import (ENGINE_DIR, export_model, has_shared_scorer,
+                                              OnnxVprModel, select_providers)
+from vpr_ros.core.models.pair_scorer import is_broadcast, PairScorer
+from vpr_ros.core.models.vpr_model import VprModel
+
+LOG = logging.getLogger(__name__)
+
+GRAPH_BATCH = 16
+"""Batch captured by the CUDA-graph encoder (``LocalizerConfig.batch_size``'s default)."""
+PRECISIONS = {'fp32': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
+CACHE_ENV = 'VPR_ROS_CACHE'
+CPU_MICRO_BATCH = 2
+"""Images per encoder call on a CPU: measured fastest for EfficientNet-Lite0 (benchmarks/)."""
+
+
+def default_cache_dir() -> Path:
+    """Return ``$VPR_ROS_CACHE/onnx`` or ``~/.cache/vpr_ros/onnx`` (exported graphs, engines)."""
+    root = os.environ.get(CACHE_ENV) or Path.home() / '.cache' / 'vpr_ros'
+    return Path(root) / 'onnx'
+
+
+def resolve_device(device: str) -> str:
+    """Return ``cuda`` or ``cpu`` for ``auto``/``cpu``/``cuda`` (``auto`` prefers CUDA)."""
+    if device == 'auto':
+        return 'cuda' if torch.cuda.is_available() else 'cpu'
+    return device
+
+
+class TorchVprModel(VprModel):
+    """A PyTorch :class:`VprModel` with shared-query re-ranking and CPU micro-batching.
+
+    Args:
+        model: the wrapped model (not copied; moves with :meth:`to`).
+        micro_batch: images per encoder call (0 = the whole batch).
+        cpu_dtype: ``torch.bfloat16`` runs matrix products in bfloat16 on a CPU (AVX-512 BF16 or
+            AMX); None keeps float32. On CUDA the localizer's ``precision`` autocast applies.
+        accelerate: on CUDA, ``compile`` (``torch.compile`` of ``describe``) or
+            ``cuda_graphs`` (``describe`` replayed from a CUDA graph of ``GRAPH_BATCH`` images),
+            prepared on the first CUDA call; ``none`` or a CPU input runs eagerly.
+    """
+
+    def __init__(self, model: VprModel, micro_batch: int = 0,
+                 cpu_dtype: Optional[torch.dtype] = None, accelerate: str = 'none') -> None:
+        """Wrap ``model`` and build the shared-query scorer when its decoder allows."""
+        super().__init__()
+        if accelerate not in ACCELERATIONS:
+            raise ConfigError(f'unknown acceleration {accelerate!r}; valid: {ACCELERATIONS}')
+        self.inner = model
+        self.spec = model.spec
+        self.micro_batch = int(micro_batch)
+        self.cpu_dtype = cpu_dtype
+        self.accelerate = accelerate
+        self._fast_describe = None
+        self._scorer = PairScorer(model.decoder) if has_shared_scorer(model) else None
+
+    @property
+    def rerank_scoring(self):
+        """Return the wrapped model's fusion and calibration (kept in one place)."""
+        return getattr(self.inner, 'rerank_scoring', None)
+
+    def describe(self, images: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Return ``(global [B, D], tokens [B, N, C] or None)``, in micro-batches."""
+        if self.accelerate != 'none' and images.device.type == 'cuda':
+            return self._accelerated()(images)
+        step = self.micro_batch or max(len(images), 1)
+        if len(images) <= step:
+            with self._cpu_autocast(images.device):
+                return self.inner.describe(images)
+        parts = [self.describe(chunk) for chunk in images.split(step)]
+        tokens = None if parts[0][1] is None else torch.cat([p[1] for p in parts])
+        return torch.cat([p[0] for p in parts]), tokens
+
+    def _accelerated(self):
+        """Return the compiled or CUDA-graph ``describe``, building it on first use."""
+        if self._fast_describe is None:
+            from vpr_ros.core.models import gpu_runtime
+            if self.accelerate == 'cuda_graphs':
+                self._fast_describe = gpu_runtime.CudaGraphDescribe(self.inner, GRAPH_BATCH)
+            else:
+                self._fast_describe = gpu_runtime.compile_describe(self.inner)
+        return self._fast_describe
+
+    def pair_logit(self, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+        """Return the wrapped model's logit ``[B]`` (``first`` is the updated stream)."""
+        with self._cpu_autocast(first.device):
+            return self.inner.pair_logit(first, second)
+
+    def pair_score(self, query: torch.Tensor, candidate: torch.Tensor) -> torch.Tensor:
+        """Return both orders' logits summed ``[B]``; shared-query path for a broadcast query."""
+        if self._scorer is not None and is_broadcast(query):
+            return self.score_candidates(query[0], candidate)
+        with self._cpu_autocast(query.device):
+            return self.inner.pair_score(query, candidate)
+
+    def score_candidates(self, query: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        """Return ``[K]`` symmetric scores of one query ``[N, C]`` against ``[K, N, C]``."""
+        if self._scorer is None:
+            return self.pair_score(query[None].expand(len(candidates), -1, -1), candidates)
+        with self._cpu_autocast(candidates.device):
+            return self._scorer.score(query, candidates)
+
+    def _cpu_autocast(self, device: torch.device):
+        """Return a bfloat16 autocast context on a CPU when configured, else a no-op."""
+        if self.cpu_dtype is None or device.type != 'cpu':
+            return contextlib.nullcontext()
+        return torch.autocast('cpu', dtype=self.cpu_dtype)
+
+
+def apply_backend(model: VprModel, backend: str = 'torch', cache_dir: Optional[Path] = None,
+                  device: str = 'auto', precision: str = 'fp32', threads: int = 0,
+                  micro_batch: Optional[int] = None, accelerate: str = 'none') -> VprModel:
+    """Return ``model`` prepared for ``backend`` (``torch``, ``onnx`` or ``tensorrt``).
+
+    Args:
+        model: a loaded model (checkpoint or registry); it is exported, not changed.
+        backend: ``torch`` (PyTorch), ``onnx`` (onnxruntime, CUDA or CPU provider) or
+            ``tensorrt`` (onnxruntime TensorRT provider, fp16 engines).
+        cache_dir: where exported graphs and engines are kept (default
+            :func:`default_cache_dir`); keyed by the spec and a digest of the weights.
+        device: ``auto``, ``cpu`` or ``cuda``, as ``LocalizerConfig.device``.
+        precision: ``fp32``, ``fp16`` or ``bf16``; on a CPU only the torch backend uses it
+            (``bf16``: bfloat16 matrix products). On CUDA the localizer's autocast applies to
+            the torch backend; TensorRT engines are always fp16.
+        threads: onnxruntime intra-op threads (0 = ``torch.get_num_threads()``).
+        micro_batch: images per encoder call; None = 2 on a CPU, the whole batch on a GPU.
+        accelerate: torch backend on CUDA: ``none``, ``compile`` or ``cuda_graphs``
+            (see :class:`TorchVprModel`).
+
+    Returns:
+        A :class:`VprModel` with the same spec (maps stay compatible). A model that is already
+        a backend model (:class:`TorchVprModel`, :class:`OnnxVprModel`) is returned unchanged.
+    """
+    if isinstance(model, (TorchVprModel, OnnxVprModel)):
+        return model
+    if backend not in BACKENDS:
+        raise ConfigError(f'unknown inference backend {backend!r}; valid: {list(BACKENDS)}')
+    if precision not in PRECISIONS:
+        raise ConfigError(f'unknown precision {precision!r}; valid: {sorted(PRECISIONS)}')
+    if backend == 'torch':
+        on_cpu = resolve_device(device) == 'cpu'
+        cpu_dtype = PRECISIONS[precision] if on_cpu and precision == 'bf16' else None
+        default_batch = CPU_MICRO_BATCH if on_cpu else 0
+        return TorchVprModel(model, default_batch if micro_batch is None else micro_batch,
+                             cpu_dtype, accelerate)
+    if precision != 'fp32' and backend == 'onnx':
+        LOG.warning('backend onnx runs float32 graphs; precision %s is ignored', precision)
+    directory = export_model(model, cache_dir or default_cache_dir())
+    providers = select_providers(backend, device, directory / ENGINE_DIR)
+    if micro_batch is None:
+        micro_batch = CPU_MICRO_BATCH if providers[0] == 'CPUExecutionProvider' else 0
+    result = OnnxVprModel(directory, providers, threads, micro_batch)
+    result.rerank_scoring = getattr(model, 'rerank_scoring', None)
+    LOG.info('%s: backend %s, providers %s', model.spec.architecture, backend, result.providers)
+    return result
