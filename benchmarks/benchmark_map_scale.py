@@ -14,11 +14,13 @@ Printed per size and ANN index: median single-query latency and its speed-up ove
 flat index, recall@1 and recall@10 of the ANN results relative to the exact ones (the exact top
 1 found; overlap of the top 10), build time, and bytes per entry (the serialized index, and the
 whole map in RAM: index plus the float32 rows the map always keeps, tokens excluded).
-``ivfpq+refine`` is the IVF-PQ top 100 re-scored exactly from the float32 rows the map already
-holds: a proposed ``MapDatabase.search`` option, measured here from outside.
+``ivfpq`` is plain IVF-PQ (``refine_k: 0``); ``ivfpq+refine`` re-scores the IVF-PQ top 100
+exactly from the float32 rows the map already holds (``IndexConfig.refine_k``, the default 100),
+both through :meth:`MapDatabase.search` on the same index.
 """
 
 import argparse
+from dataclasses import replace
 import gc
 import sys
 import time
@@ -34,7 +36,7 @@ from vpr_ros.core.models.spec import ModelSpec
 
 TOP_K = 10
 REFINE_K = 100
-"""IVF-PQ shortlist re-scored exactly from the map's float32 rows in the ``+refine`` line."""
+"""``IndexConfig.refine_k`` of the ``+refine`` line: the IVF-PQ shortlist re-scored exactly."""
 SPREAD = 0.35
 """Per-dimension noise of a place around its cluster centre (centres are N(0, 1) per dimension)."""
 REVISIT = 0.15
@@ -91,30 +93,18 @@ def search_all(database: MapDatabase, queries: np.ndarray,
                refine: bool = False) -> tuple[np.ndarray, float]:
     """Return ``(ids [Q, 10], median seconds per query)``, one query per call.
 
-    With ``refine``, the index returns ``REFINE_K`` ids that are re-scored with exact inner
-    products over ``MapDatabase.descriptors`` (the float32 rows every map keeps) before the
-    top 10 are taken: a proposal for ``MapDatabase.search``, measured here from outside.
+    ``refine`` sets ``refine_k`` to ``REFINE_K`` (else 0) through
+    :meth:`MapDatabase.configure_search` first.
     """
-    rows = database.descriptors
-    search = _refined_search if refine else _plain_search
-    search(database, rows, queries[0])
+    config = replace(database.index_config, refine_k=REFINE_K if refine else 0)
+    database.configure_search(config)
+    database.search(queries[:1], TOP_K)
     ids, times = [], []
     for query in queries:
         start = time.perf_counter()
-        ids.append(search(database, rows, query))
+        ids.append(database.search(query[None], TOP_K)[1][0])
         times.append(time.perf_counter() - start)
     return np.stack(ids), float(np.median(times))
-
-
-def _plain_search(database: MapDatabase, rows: np.ndarray, query: np.ndarray) -> np.ndarray:
-    return database.search(query[None], TOP_K)[1][0]
-
-
-def _refined_search(database: MapDatabase, rows: np.ndarray, query: np.ndarray) -> np.ndarray:
-    ids = database.search(query[None], REFINE_K)[1][0]
-    ids = ids[ids >= 0]
-    exact = rows[ids] @ query
-    return ids[np.argsort(-exact, kind='stable')[:TOP_K]]
 
 
 def recalls(found: np.ndarray, exact: np.ndarray) -> tuple[float, float]:

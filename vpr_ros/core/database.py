@@ -557,6 +557,17 @@ class MapDatabase:
         """Return the index kind and parameters."""
         return self._config
 
+    def configure_search(self, config: IndexConfig) -> None:
+        """Apply the search-time options of ``config``: HNSW efSearch, IVF nprobe, ``refine_k``.
+
+        The index kind and its build options (``hnsw_m``, ``ivf_nlist``, ``pq_m``) stay as built.
+        """
+        with self._lock:
+            self._config = replace(self._config, hnsw_ef_search=config.hnsw_ef_search,
+                                   ivf_nprobe=config.ivf_nprobe, refine_k=config.refine_k,
+                                   search_threads=config.search_threads)
+            _set_search_params(self._index, self._config)
+
     @property
     def has_tokens(self) -> bool:
         """Return True when the map stores dense tokens (needed for pair re-ranking)."""

@@ -165,7 +165,8 @@ LOCALIZE_GROUPS = (
 )
 BUILD_MAP_GROUPS = (
     ParameterGroup('', BuildMapNodeConfig),
-    ParameterGroup('localizer', LocalizerConfig, names=('batch_size', 'device', 'precision'),
+    ParameterGroup('localizer', LocalizerConfig,
+                   names=('batch_size', 'device', 'precision', 'backend', 'backend_cache_dir'),
                    runtime=frozenset()),
     ParameterGroup('index', IndexConfig, runtime=frozenset()),
     ParameterGroup('keyframe', KeyframeGateConfig),

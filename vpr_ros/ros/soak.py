@@ -482,25 +482,30 @@ def _node_state(driver: SoakDriver) -> tuple:
               if k in ('received', 'processed', 'dropped_stale', 'rejected')
               or k.startswith('skipped_')}
     accounted = sum(v for k, v in counts.items() if k != 'received')
-    return arrived, counts.get('received', 0), accounted, counts.get('processed', 0)
+    size = int(values['map_size']) if 'map_size' in values else None
+    return arrived, counts.get('received', 0), accounted, counts.get('processed', 0), size
 
 
-def settle(driver: SoakDriver, sent: int, after: float, config: SoakConfig) -> bool:
+def settle(driver: SoakDriver, sent: int, after: float, config: SoakConfig,
+           map_size: Optional[int] = None) -> bool:
     """Wait until the node has accounted for every frame it received and answered it.
 
     Frames lost on the way never arrive: the wait ends when nothing changed for three
-    diagnostics periods. Returns False when the counts did not add up in time.
+    diagnostics periods. With ``map_size`` (the last map rewrite's), the node must also report
+    that map, so a rewrite made just before the last frame is seen. Returns False when the
+    counts did not add up in time.
     """
     deadline = time.monotonic() + config.settle_timeout_s
     quiet_s = 3 * config.diagnostics_period_s + 1.0
     last, changed = None, time.monotonic()
     while time.monotonic() < deadline:
-        arrived, received, accounted, processed = _node_state(driver)
-        state = (received, accounted, processed, driver.answers())
+        arrived, received, accounted, processed, size = _node_state(driver)
+        state = (received, accounted, processed, driver.answers(), size)
         if state != last:
             last, changed = state, time.monotonic()
         done = arrived > after and accounted == received and driver.answers() >= processed
-        if done and (received >= sent or time.monotonic() - changed > quiet_s):
+        caught_up = received >= sent and map_size in (None, size)
+        if done and (caught_up or time.monotonic() - changed > quiet_s):
             return True
         time.sleep(0.05)
     return False
@@ -529,7 +534,9 @@ def drive(driver: SoakDriver, node: NodeProcess, recording: SoakRecording, confi
     try:
         recording.start, recording.end = publisher.run(progress)
         events.join()
-        if not settle(driver, config.frames, recording.end, config):
+        rewrites = [r for r in recording.reloads if r.kind == 'rewrite' and r.successful]
+        last_size = rewrites[-1].map_size if rewrites else None
+        if not settle(driver, config.frames, recording.end, config, last_size):
             recording.driver_errors.append('the node did not account for every frame within '
                                            f'{config.settle_timeout_s} s')
     finally:

@@ -76,7 +76,7 @@ def global_order(results: list[LocalizationResult]) -> np.ndarray:
 def describe_scoring(localizer: Localizer) -> str:
     """Return e.g. ``'pair score + 80 x global similarity, calibrated'``."""
     scoring = localizer.scoring
-    text = {'fused': f'pair score + {scoring.beta:g} x global similarity',
+    text = {'fused': f'fused: pair score + {scoring.beta:g} x global similarity',
             'pair': 'pair score', 'global': 'global similarity'}[scoring.fusion]
     return f'{text}, {"calibrated" if scoring.calibrated else "uncalibrated"}'
 

@@ -81,6 +81,19 @@ SHIPPED_WEIGHTS = {'pairvpr_lite': 'pairvpr_lite.safetensors'}
 PathLike = Union[str, os.PathLike]
 
 
+def _default_file_mode() -> int:
+    """Return the mode a plain ``open()`` gives a new file (0666 minus the umask).
+
+    Read once at import: ``os.umask`` can only be read by setting it, which is not thread-safe.
+    """
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+FILE_MODE = _default_file_mode()
+
+
 class BaseWeights(NamedTuple):
     """Published weights that a partial checkpoint names instead of storing them."""
 
@@ -131,6 +144,7 @@ def save_checkpoint(model: VprModel, path: PathLike, base_weights: Optional[str]
     os.close(handle)
     try:
         save_file(state, temp, metadata=metadata)
+        os.chmod(temp, FILE_MODE)  # mkstemp creates 0600; other users must read the weights
         _fsync_file(temp)
         os.replace(temp, path)
     except BaseException:

@@ -70,10 +70,33 @@ def similarity_matrix(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor
 def similarity_features(similarity: torch.Tensor, positions: torch.Tensor,
                         grid: tuple[int, int]) -> torch.Tensor:
     """Return the per-token inputs ``[B, N, 4]`` of the rows of ``similarity`` ``[B, N, N]``."""
-    top = similarity.topk(2, dim=2)
+    return match_features(similarity.topk(2, dim=2), similarity.argmax(dim=1), positions, grid)
+
+
+def both_orders_features(similarity: torch.Tensor, positions: torch.Tensor,
+                         grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return the inputs of the rows and of the columns of ``similarity`` ``[B, N, N]``.
+
+    The columns are the second input's tokens, i.e. the other input order. One top-2 per
+    direction serves both orders: each direction's best match is the other's mutual check.
+    """
+    rows = similarity.topk(2, dim=2)
+    down = similarity.topk(2, dim=1)  # the columns, without a transposed copy of the matrix
+    columns = torch.return_types.topk((down.values.transpose(1, 2), down.indices.transpose(1, 2)))
+    return (match_features(rows, columns.indices[..., 0], positions, grid),
+            match_features(columns, rows.indices[..., 0], positions, grid))
+
+
+def match_features(top: tuple, back: torch.Tensor, positions: torch.Tensor,
+                   grid: tuple[int, int]) -> torch.Tensor:
+    """Return the per-token inputs ``[B, N, 4]`` from each token's top-2 matches.
+
+    ``top`` holds the values and indices ``[B, N, 2]`` of every first-input token's two best
+    matches in the second input; ``back`` ``[B, M]`` the best first-input token of every
+    second-input token.
+    """
     best, match = top.values[..., 0], top.indices[..., 0]
-    back = similarity.argmax(dim=1)
-    own = torch.arange(similarity.shape[1], device=similarity.device).expand_as(match)
+    own = torch.arange(best.shape[1], device=best.device).expand_as(match)
     mutual = back.gather(1, match) == own
     displacement = positions[match] - positions
     ratio = (1.0 - best).clamp(min=0.0) / (1.0 - top.values[..., 1]).clamp(min=DISTANCE_EPS)
@@ -170,11 +193,25 @@ class CorrespondenceClassifier(nn.Module):
         """
         self._check_tokens(first)
         self._check_tokens(second)
-        similarity = similarity_matrix(first, second)
-        features = torch.cat([similarity_features(s, self.positions, self.grid)
-                              for s in (similarity, similarity.transpose(1, 2))])
+        return self.score_similarity(similarity_matrix(first, second))
+
+    def score_similarity(self, similarity: torch.Tensor) -> torch.Tensor:
+        """Return both orders' logits summed ``[B]`` from the similarities ``[B, N, N]``."""
+        features = torch.cat(both_orders_features(similarity, self.positions, self.grid))
         logits = self._classify(features)
-        return logits[:len(first)] + logits[len(first):]
+        return logits[:len(similarity)] + logits[len(similarity):]
+
+    def score_candidates(self, query: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        """Return ``[K]`` symmetric scores of one query ``[N, C]`` against ``[K, N, C]``.
+
+        The similarities of all candidates come from one matrix product with the query.
+        """
+        self._check_tokens(candidates)
+        self._check_tokens(query[None])
+        a = F.normalize(query.float(), dim=-1)
+        b = F.normalize(candidates.float(), dim=-1)
+        similarity = (b.reshape(-1, b.shape[-1]) @ a.T).reshape(len(b), b.shape[1], -1)
+        return self.score_similarity(similarity.transpose(1, 2))
 
     def _classify(self, features: torch.Tensor) -> torch.Tensor:
         """Return the logits ``[B]``: the mean per-token evidence of inputs ``[B, N, F]``."""

@@ -381,6 +381,10 @@ class MatchingPairVprLite(EfficientNetGem):
         """Return both orders' logits summed ``[B]``, from one similarity matrix per pair."""
         return self.matcher.score(query, candidate)
 
+    def score_candidates(self, query: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        """Return ``[K]`` symmetric scores of one query ``[N, C]`` against ``[K, N, C]``."""
+        return self.matcher.score_candidates(query, candidates)
+
 
 @register_model('pairvpr_lite')
 def create_pairvpr_lite(pair_head: str = 'decoder', **options) -> EfficientNetGem:
