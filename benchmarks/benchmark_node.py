@@ -9,9 +9,9 @@ gate, ``Localizer.localize``, candidate filtering, publishing ``~/matches``, ``~
 ``~/loop_closure``, statistics), exactly what the worker thread runs for a received frame.
 
 Three timers per frame: the whole worker path, ``Localizer.localize``, and the model calls
-(``describe`` and ``pair_score``) inside it. Printed: the share outside ``Localizer.localize``
-(message conversion, publishing, node bookkeeping) and the share outside the model calls
-(that plus preprocessing, FAISS search and ranking).
+(``describe``, ``pair_score``, ``score_candidates``) inside it. Printed: the share outside
+``Localizer.localize`` (message conversion, publishing, node bookkeeping) and the share outside
+the model calls (that plus preprocessing, FAISS search, the token gather and ranking).
 """
 
 import argparse
@@ -32,31 +32,38 @@ OUTPUTS = ('matches', 'pose', 'loop_closure')
 
 
 class Stopwatch:
-    """Accumulates the wall time of the calls it wraps."""
+    """Accumulates the wall time of the calls it wraps; a call inside another counts once."""
 
     def __init__(self) -> None:
         """Start at zero."""
         self.seconds = 0.0
+        self._depth = 0
 
     def wrap(self, fn):
         """Return ``fn`` timed into this stopwatch."""
         @functools.wraps(fn)
         def timed(*args, **kwargs):
             start = time.perf_counter()
+            self._depth += 1
             try:
                 return fn(*args, **kwargs)
             finally:
-                self.seconds += time.perf_counter() - start
+                self._depth -= 1
+                if self._depth == 0:
+                    self.seconds += time.perf_counter() - start
         return timed
 
 
+MODEL_CALLS = ('describe', 'pair_score', 'score_candidates')
+
+
 def instrument(localizer: Localizer) -> dict[str, Stopwatch]:
-    """Time ``localizer.localize`` and its model's ``describe`` and ``pair_score`` calls."""
+    """Time ``localizer.localize`` and its model's :data:`MODEL_CALLS`."""
     watches = {'localize': Stopwatch(), 'model': Stopwatch()}
     localizer.localize = watches['localize'].wrap(localizer.localize)
     model = localizer.model
-    model.describe = watches['model'].wrap(model.describe)
-    model.pair_score = watches['model'].wrap(model.pair_score)
+    for name in MODEL_CALLS:
+        setattr(model, name, watches['model'].wrap(getattr(model, name)))
     return watches
 
 

@@ -39,3 +39,13 @@ def golden_dir() -> Path:
 def rtabmap_dir() -> Path:
     """The RTAB-Map loop-closure sample (84 frames)."""
     return shared_dataset('rtabmap_samples')
+
+
+@pytest.fixture(scope='module')
+def single_faiss_thread():
+    """Run faiss single-threaded: OpenMP spinning on a shared 2-core machine is 3x slower."""
+    import faiss
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    yield
+    faiss.omp_set_num_threads(threads)

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 import threading
 
-import faiss
 import numpy as np
 import pytest
 
@@ -25,13 +24,7 @@ OTHER_SPEC = ModelSpec('toy_other_vpr', (32, 32), (0.5, 0.5, 0.5), (0.25, 0.25, 
 MAP_FILES = ['index.faiss', 'entries.jsonl', 'descriptors.npy', 'tokens.f16']
 
 
-@pytest.fixture(autouse=True, scope='module')
-def single_faiss_thread():
-    """Run faiss single-threaded: OpenMP spinning on a shared 2-core machine is 3x slower."""
-    threads = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('single_faiss_thread')
 
 
 def synthetic_descriptors(n: int, dim: int = DIM, seed: int = 0, clusters: int = 16,

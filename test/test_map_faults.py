@@ -35,13 +35,7 @@ DATA_FILES = ['index.faiss', 'entries.jsonl', 'descriptors.npy', 'tokens.f16']
 ROOTLESS = os.geteuid() != 0
 
 
-@pytest.fixture(autouse=True, scope='module')
-def single_faiss_thread():
-    """Run faiss single-threaded (shared 2-core machine)."""
-    threads = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('single_faiss_thread')
 
 
 @pytest.fixture(scope='module')

@@ -651,10 +651,7 @@ def _print_summary(live: LiveEvaluation) -> None:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of ``vpr-eval-live``; returns the process exit status."""
-    try:
-        return run_command(build_parser(), run, argv)
-    except KeyboardInterrupt:
-        return 130
+    return run_command(build_parser(), run, argv)
 
 
 if __name__ == '__main__':

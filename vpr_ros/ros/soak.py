@@ -618,10 +618,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of ``vpr-soak``; returns the process exit status."""
-    try:
-        return run_command(build_parser(), run, argv)
-    except KeyboardInterrupt:
-        return 130
+    return run_command(build_parser(), run, argv)
 
 
 if __name__ == '__main__':

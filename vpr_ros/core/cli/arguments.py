@@ -68,7 +68,7 @@ def run_command(parser: argparse.ArgumentParser,
     """Parse ``argv``, configure logging (``--verbose``) and return ``command(args)``.
 
     A :class:`~vpr_ros.core.errors.VprError` is printed as ``error: ...`` on stderr and gives
-    exit status 1.
+    exit status 1; Ctrl-C gives 130, the shell's status for SIGINT, without a traceback.
     """
     args = parser.parse_args(argv)
     configure_logging(args.verbose)
@@ -77,3 +77,5 @@ def run_command(parser: argparse.ArgumentParser,
     except VprError as exc:
         print(f'error: {exc}', file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        return 130

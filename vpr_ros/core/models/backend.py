@@ -113,16 +113,20 @@ class TorchVprModel(VprModel):
 
     def pair_score(self, query: torch.Tensor, candidate: torch.Tensor) -> torch.Tensor:
         """Return both orders' logits summed ``[B]``; shared-query path for a broadcast query."""
-        if self._scorer is not None and is_broadcast(query):
+        if is_broadcast(query):
             return self.score_candidates(query[0], candidate)
         with self._cpu_autocast(query.device):
             return self.inner.pair_score(query, candidate)
 
     def score_candidates(self, query: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
-        """Return ``[K]`` symmetric scores of one query ``[N, C]`` against ``[K, N, C]``."""
-        if self._scorer is None:
-            return self.pair_score(query[None].expand(len(candidates), -1, -1), candidates)
+        """Return ``[K]`` symmetric scores of one query ``[N, C]`` against ``[K, N, C]``.
+
+        A Pair-VPR decoder runs through :class:`PairScorer`; other models through their own
+        ``score_candidates`` (the correspondence classifier shares one matrix product).
+        """
         with self._cpu_autocast(candidates.device):
+            if self._scorer is None:
+                return self.inner.score_candidates(query, candidates)
             return self._scorer.score(query, candidates)
 
     def _cpu_autocast(self, device: torch.device):

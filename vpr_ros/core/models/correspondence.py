@@ -39,6 +39,7 @@ from vpr_ros.core.models.pair_decoder import NORM_EPS, SelfAttention
 TOKEN_FEATURES = ('ratio', 'mutual', 'off_median', 'off_neighbours')
 NO_MUTUAL_OFFSET = 2.0
 DISTANCE_EPS = 1e-6
+NORMALIZE_EPS = 1e-12  # F.normalize's default
 
 
 def grid_positions(grid: tuple[int, int]) -> torch.Tensor:
@@ -62,15 +63,27 @@ def correspondence_features(first: torch.Tensor, second: torch.Tensor,
 
 def similarity_matrix(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
     """Return the cosine similarities ``[B, N, M]`` of two token sets (float32)."""
-    a = F.normalize(first.float(), dim=-1)
-    b = F.normalize(second.float(), dim=-1)
-    return torch.bmm(a, b.transpose(1, 2))
+    return torch.bmm(unit_tokens(first), unit_tokens(second).transpose(1, 2))
+
+
+def unit_tokens(tokens: torch.Tensor) -> torch.Tensor:
+    """Return float32 ``tokens`` scaled to unit length along the last axis (``F.normalize``).
+
+    The division broadcasts the norms, which exports to ONNX without expanding them first.
+    """
+    tokens = tokens.float()
+    return tokens / tokens.norm(dim=-1, keepdim=True).clamp(min=NORMALIZE_EPS)
 
 
 def similarity_features(similarity: torch.Tensor, positions: torch.Tensor,
                         grid: tuple[int, int]) -> torch.Tensor:
     """Return the per-token inputs ``[B, N, 4]`` of the rows of ``similarity`` ``[B, N, N]``."""
-    return match_features(similarity.topk(2, dim=2), similarity.argmax(dim=1), positions, grid)
+    top = similarity.topk(2, dim=2)
+    match = top.indices[..., 0]
+    mutual = _is_mutual(match, similarity.argmax(dim=1))
+    displacement = positions[match] - positions
+    lower, _ = mutual_medians(displacement, mutual)
+    return match_features(top.values, mutual, displacement, lower, grid)
 
 
 def both_orders_features(similarity: torch.Tensor, positions: torch.Tensor,
@@ -78,46 +91,57 @@ def both_orders_features(similarity: torch.Tensor, positions: torch.Tensor,
     """Return the inputs of the rows and of the columns of ``similarity`` ``[B, N, N]``.
 
     The columns are the second input's tokens, i.e. the other input order. One top-2 per
-    direction serves both orders: each direction's best match is the other's mutual check.
+    direction serves both orders: each direction's best match is the other's mutual check. The
+    mutual matches are the same pairs in both orders, with negated displacements, so one sort
+    gives both medians: the columns' lower median is minus the rows' upper one.
     """
     rows = similarity.topk(2, dim=2)
     down = similarity.topk(2, dim=1)  # the columns, without a transposed copy of the matrix
-    columns = torch.return_types.topk((down.values.transpose(1, 2), down.indices.transpose(1, 2)))
-    return (match_features(rows, columns.indices[..., 0], positions, grid),
-            match_features(columns, rows.indices[..., 0], positions, grid))
+    row_match, column_match = rows.indices[..., 0], down.indices[:, 0]
+    row_mutual = _is_mutual(row_match, column_match)
+    row_shift = positions[row_match] - positions
+    column_shift = positions[column_match] - positions
+    lower, upper = mutual_medians(row_shift, row_mutual)
+    return (match_features(rows.values, row_mutual, row_shift, lower, grid),
+            match_features(down.values.transpose(1, 2), _is_mutual(column_match, row_match),
+                           column_shift, -upper, grid))
 
 
-def match_features(top: tuple, back: torch.Tensor, positions: torch.Tensor,
-                   grid: tuple[int, int]) -> torch.Tensor:
-    """Return the per-token inputs ``[B, N, 4]`` from each token's top-2 matches.
-
-    ``top`` holds the values and indices ``[B, N, 2]`` of every first-input token's two best
-    matches in the second input; ``back`` ``[B, M]`` the best first-input token of every
-    second-input token.
-    """
-    best, match = top.values[..., 0], top.indices[..., 0]
-    own = torch.arange(best.shape[1], device=best.device).expand_as(match)
-    mutual = back.gather(1, match) == own
-    displacement = positions[match] - positions
-    ratio = (1.0 - best).clamp(min=0.0) / (1.0 - top.values[..., 1]).clamp(min=DISTANCE_EPS)
-    scalars = torch.stack([ratio.clamp(max=1.0), mutual.float()], dim=-1)
-    offsets = torch.stack([_off_median(displacement, mutual),
-                           _off_neighbours(displacement, grid)], dim=-1)
-    return torch.cat([scalars, offsets], dim=-1)
+def _is_mutual(match: torch.Tensor, back: torch.Tensor) -> torch.Tensor:
+    """Return ``[B, N]``: token ``i``'s best match ``match[i]`` has ``i`` as its best match."""
+    own = torch.arange(match.shape[1], device=match.device).expand_as(match)
+    return back.gather(1, match) == own
 
 
-def _off_median(displacement: torch.Tensor, mutual: torch.Tensor) -> torch.Tensor:
-    """Return ``[B, N]`` distances of each displacement from the median mutual displacement.
+def mutual_medians(displacement: torch.Tensor,
+                   mutual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return the lower and upper medians ``[B, 1, 2]`` of the mutual tokens' displacements.
 
-    The median is taken per coordinate over the mutual tokens (the lower middle value of an
-    even count, as ``torch.median``), by sorting: operations that ONNX exports.
+    Per coordinate, over the mutual tokens (the lower one is ``torch.median``'s choice for an
+    even count), by sorting: operations that ONNX exports. Infinite where no token is mutual.
     """
     masked = displacement.masked_fill(~mutual.unsqueeze(-1), float('inf'))
-    count = mutual.sum(dim=1, keepdim=True)
-    middle = ((count - 1).clamp(min=0) // 2).unsqueeze(-1).expand(-1, 1, 2)
-    median = masked.sort(dim=1).values.gather(1, middle)
-    distance = (displacement - median).norm(dim=-1)
-    return torch.where(count > 0, distance, torch.full_like(distance, NO_MUTUAL_OFFSET))
+    ordered = masked.sort(dim=1).values
+    count = mutual.sum(dim=1, keepdim=True).unsqueeze(-1).expand(-1, 1, 2)
+    return ordered.gather(1, (count - 1).clamp(min=0) // 2), ordered.gather(1, count // 2)
+
+
+def match_features(top: torch.Tensor, mutual: torch.Tensor, displacement: torch.Tensor,
+                   median: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Return the per-token inputs ``[B, N, 4]`` of one input order.
+
+    ``top`` holds the similarities ``[B, N, 2]`` of every first-input token's two best matches
+    in the second input, ``mutual`` ``[B, N]`` whether the best match is mutual,
+    ``displacement`` ``[B, N, 2]`` the best match's offset and ``median`` ``[B, 1, 2]`` the
+    median offset of the mutual tokens.
+    """
+    ratio = (1.0 - top[..., 0]).clamp(min=0.0) / (1.0 - top[..., 1]).clamp(min=DISTANCE_EPS)
+    off_median = (displacement - median).norm(dim=-1)
+    any_mutual = mutual.any(dim=1, keepdim=True)
+    off_median = torch.where(any_mutual, off_median, torch.full_like(off_median,
+                                                                     NO_MUTUAL_OFFSET))
+    return torch.stack([ratio.clamp(max=1.0), mutual.float(), off_median,
+                        _off_neighbours(displacement, grid)], dim=-1)
 
 
 def _off_neighbours(displacement: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
@@ -199,7 +223,8 @@ class CorrespondenceClassifier(nn.Module):
         """Return both orders' logits summed ``[B]`` from the similarities ``[B, N, N]``."""
         features = torch.cat(both_orders_features(similarity, self.positions, self.grid))
         logits = self._classify(features)
-        return logits[:len(similarity)] + logits[len(similarity):]
+        count = similarity.shape[0]
+        return logits[:count] + logits[count:]
 
     def score_candidates(self, query: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
         """Return ``[K]`` symmetric scores of one query ``[N, C]`` against ``[K, N, C]``.
@@ -208,13 +233,23 @@ class CorrespondenceClassifier(nn.Module):
         """
         self._check_tokens(candidates)
         self._check_tokens(query[None])
-        a = F.normalize(query.float(), dim=-1)
-        b = F.normalize(candidates.float(), dim=-1)
-        similarity = (b.reshape(-1, b.shape[-1]) @ a.T).reshape(len(b), b.shape[1], -1)
-        return self.score_similarity(similarity.transpose(1, 2))
+        a, b = unit_tokens(query), unit_tokens(candidates)
+        count, tokens, width = b.shape
+        # Candidate rows: one plain matrix product. The score sums both orders, so it does not
+        # matter which input the rows are.
+        similarity = (b.reshape(count * tokens, width) @ a.T).reshape(count, tokens, -1)
+        return self.score_similarity(similarity)
 
     def _classify(self, features: torch.Tensor) -> torch.Tensor:
-        """Return the logits ``[B]``: the mean per-token evidence of inputs ``[B, N, F]``."""
+        """Return the logits ``[B]``: the mean per-token evidence of inputs ``[B, N, F]``.
+
+        Without attention blocks the embedding's second layer and the evidence are affine, so
+        they apply to the mean of the hidden activations: the same logit, with ``N`` times
+        fewer products.
+        """
+        if not self.blocks:
+            hidden = self.embed.act(self.embed.fc1(features)).mean(dim=1)
+            return self.evidence(self.embed.fc2(hidden)).squeeze(-1)
         x = self.embed(features)
         for block in self.blocks:
             x = block(x)

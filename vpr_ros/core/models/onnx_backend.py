@@ -43,7 +43,7 @@ PAIR_LOGIT_FILE = 'pair_logit.onnx'
 PAIR_SCORE_FILE = 'pair_score.onnx'
 MANIFEST_FILE = 'export.json'
 ENGINE_DIR = 'trt_engines'
-EXPORT_FORMAT_VERSION = 1
+EXPORT_FORMAT_VERSION = 2
 MAX_BATCH = 4096
 EXPORT_BATCH = 2
 TRT_MAX_IMAGES = 16
@@ -77,16 +77,25 @@ class PairLogitGraph(nn.Module):
 
 
 class PairScoreGraph(nn.Module):
-    """``(query [1, N, C], candidates [K, N, C]) -> score [K]`` through :class:`PairScorer`."""
+    """``(query [1, N, C], candidates [K, N, C]) -> score [K]``, both input orders summed.
+
+    A Pair-VPR decoder runs through :class:`PairScorer`; other models through their own
+    ``score_candidates`` (see :func:`has_candidate_scorer`).
+    """
 
     def __init__(self, model: VprModel) -> None:
-        """Wrap the model's ``decoder`` (a :class:`PairDecoder` with a CLS token)."""
+        """Wrap the model's decoder (with a CLS token) or the model itself."""
         super().__init__()
-        self.decoder = model.decoder
-        self.scorer = PairScorer(self.decoder)
+        if has_shared_scorer(model):
+            self.decoder = model.decoder
+            self.scorer = PairScorer(self.decoder)
+        else:
+            self.model, self.scorer = model, None
 
     def forward(self, query: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
         """Return both input orders' logits summed, ``[K]``."""
+        if self.scorer is None:
+            return self.model.score_candidates(query[0], candidates)
         return self.scorer.score(query[0], candidates)
 
 
@@ -140,7 +149,7 @@ def export_pair_decoder(model: VprModel, path: Path) -> Path:
 
 
 def export_pair_scorer(model: VprModel, path: Path) -> Path:
-    """Export the shared-query symmetric scorer (dynamic candidate count) to ``path``."""
+    """Export the one-query symmetric scorer (dynamic candidate count) to ``path``."""
     query, candidates = _example_tokens(model, 1), _example_tokens(model, EXPORT_BATCH)
     count = torch.export.Dim('candidates', min=1, max=MAX_BATCH)
     return export_graph(PairScoreGraph(model), (query, candidates), path,
@@ -162,10 +171,24 @@ def has_shared_scorer(model: VprModel) -> bool:
             and getattr(decoder, 'decoder_clstoken', None) is not None)
 
 
+def has_candidate_scorer(model: VprModel) -> bool:
+    """Return True when ``model`` scores one query against K candidates with shared work.
+
+    That is a Pair-VPR decoder (:func:`has_shared_scorer`) or a model that overrides
+    :meth:`VprModel.score_candidates` (the correspondence classifier).
+    """
+    overrides = type(model).score_candidates is not VprModel.score_candidates
+    return has_shared_scorer(model) or (model.spec.has_pair_classifier and overrides)
+
+
 def export_directory(model: VprModel, cache_dir: Path, digest: Optional[str] = None) -> Path:
-    """Return ``cache_dir/<architecture>-<spec digest>-<weights digest>`` for ``model``."""
+    """Return ``cache_dir/<architecture>-<spec digest>-<weights digest>-v<format>``.
+
+    The export format is part of the name, so a newer package never reuses older graphs.
+    """
     digest = digest or weights_digest(model)
-    return Path(cache_dir) / f'{model.spec.architecture}-{model.spec.digest()}-{digest}'
+    name = f'{model.spec.architecture}-{model.spec.digest()}-{digest}-v{EXPORT_FORMAT_VERSION}'
+    return Path(cache_dir) / name
 
 
 def export_model(model: VprModel, cache_dir: Path) -> Path:
@@ -202,7 +225,7 @@ def _write_graphs(model: VprModel, directory: Path, digest: str) -> None:
     if model.spec.has_pair_classifier:
         export_pair_decoder(model, directory / PAIR_LOGIT_FILE)
         files.append(PAIR_LOGIT_FILE)
-    if has_shared_scorer(model):
+    if has_candidate_scorer(model):
         export_pair_scorer(model, directory / PAIR_SCORE_FILE)
         files.append(PAIR_SCORE_FILE)
     manifest = {'format_version': EXPORT_FORMAT_VERSION, 'spec': json.loads(model.spec.to_json()),
