@@ -5,8 +5,11 @@ import pytest
 import torch
 
 from vpr_ros.core.models.checkpoint import load_checkpoint, save_checkpoint
-from vpr_ros.core.models.correspondence import (correspondence_features, grid_positions,
-                                                NO_MUTUAL_OFFSET, TOKEN_FEATURES)
+from vpr_ros.core.models.correspondence import (both_orders_features,
+                                                correspondence_features,
+                                                CorrespondenceClassifier, grid_positions,
+                                                mutual_medians, NO_MUTUAL_OFFSET,
+                                                similarity_features, TOKEN_FEATURES)
 from vpr_ros.core.models.registry import create_model
 
 GRID = (3, 4)
@@ -75,6 +78,53 @@ def test_identical_and_shifted_grids() -> None:
     inner = [r * 4 + c for r in range(3) for c in range(3)]
     assert torch.all(features[inner, 1] == 1)
     assert torch.allclose(features[inner, 2], torch.zeros(9), atol=1e-6)  # the median shift
+
+
+def test_both_orders_equal_two_single_order_passes() -> None:
+    """One pass over the matrix gives exactly what each order's own pass gives.
+
+    Random, near-identical (many mutual matches, odd and even counts) and permuted grids: the
+    shared sort's medians of the second order must equal its own lower medians.
+    """
+    rng = torch.Generator().manual_seed(3)
+    positions = grid_positions(GRID)
+    a = torch.randn(30, 12, 8, generator=rng)
+    b = torch.randn(30, 12, 8, generator=rng)
+    b[10:20] = a[10:20] + 0.3 * b[10:20]
+    b[20:] = a[20:, torch.randperm(12, generator=rng)]
+    similarity = torch.bmm(torch.nn.functional.normalize(a, dim=-1),
+                           torch.nn.functional.normalize(b, dim=-1).transpose(1, 2))
+    rows, columns = both_orders_features(similarity, positions, GRID)
+    assert torch.equal(rows, similarity_features(similarity, positions, GRID))
+    assert torch.equal(columns, similarity_features(similarity.transpose(1, 2), positions, GRID))
+    counts = {int(c) for c in rows[..., 1].sum(dim=1)}
+    assert any(c % 2 == 0 for c in counts) and any(c % 2 for c in counts)
+
+
+def test_mutual_medians_are_the_middle_values() -> None:
+    """Lower and upper middle values per coordinate, over the mutual tokens only."""
+    displacement = torch.tensor([[[0.0, 5.0], [3.0, 1.0], [1.0, 2.0], [9.0, 9.0], [2.0, 0.0]]])
+    mutual = torch.tensor([[True, True, True, False, True]])
+    lower, upper = mutual_medians(displacement, mutual)
+    assert lower.tolist() == [[[1.0, 1.0]]] and upper.tolist() == [[[2.0, 2.0]]]
+    lower, upper = mutual_medians(displacement, torch.tensor([[False] * 3 + [True] + [False]]))
+    assert lower.tolist() == upper.tolist() == [[[9.0, 9.0]]]
+
+
+def test_score_candidates_and_folded_read_out() -> None:
+    """``score_candidates`` equals both orders' logits; the folded read-out the per-token mean."""
+    torch.manual_seed(4)
+    classifier = CorrespondenceClassifier(GRID).eval()
+    query, candidates = torch.randn(12, 16), torch.randn(7, 12, 16)
+    candidates[:3] = query + 0.2 * candidates[:3]
+    features = torch.rand(5, 12, len(TOKEN_FEATURES))
+    with torch.no_grad():
+        first = query[None].expand(7, -1, -1)
+        both = classifier.logit(first, candidates) + classifier.logit(candidates, first)
+        torch.testing.assert_close(classifier.score_candidates(query, candidates), both)
+        per_token = classifier.evidence(classifier.embed(features)).squeeze(-1).mean(dim=1)
+        torch.testing.assert_close(classifier._classify(features), per_token)
+    assert float(both[:3].min()) > float(both[3:].max())    # the near copies score highest
 
 
 @pytest.fixture(scope='module')
