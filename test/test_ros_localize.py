@@ -2,6 +2,7 @@
 
 import itertools
 import math
+import threading
 
 from nav_msgs.msg import Odometry
 import numpy as np
@@ -15,6 +16,7 @@ from ros_harness import (build_localizer, call_service, domain_id, map_stamp_ns,
 from sensor_msgs.msg import CompressedImage, Image
 from std_srvs.srv import SetBool, Trigger
 from test_ros_conversions import _malformed
+from vpr_ros.core.database import MapDatabase
 from vpr_ros.ros.conversions import (compressed_to_msg, image_to_msg, pose_to_msg,
                                      stamp_to_ns)
 from vpr_ros.ros.localize_node import LocalizeNode
@@ -310,6 +312,51 @@ def test_diagnostics_report_rates_latencies_map_and_device(ros: Fixture) -> None
                 'latency_ms.describe.mean', 'latency_ms.end_to_end.max', 'result.accepted'):
         assert key in values, key
     assert float(values['latency_ms.total.mean']) > 0.0
+
+
+def test_a_changed_map_loads_while_the_node_keeps_working(ros: Fixture, tmp_path,
+                                                          monkeypatch) -> None:
+    """The map watch loads a rewritten map off the executor: services and frames go on.
+
+    The real load is held until the test lets it go. Meanwhile ``~/pause`` answers and a frame
+    is localized against the map in use; then the bigger map takes over.
+    """
+    ros.localizer.database.save(tmp_path / 'map')
+    entered, release = threading.Event(), threading.Event()
+    real_load = MapDatabase.load
+
+    def held_load(*args, **kwargs):
+        entered.set()
+        assert release.wait(TIMEOUT_S)
+        return real_load(*args, **kwargs)
+
+    node = ros.graph.add(LocalizeNode(build_localizer(PLACES), context=ros.graph.context,
+                                      namespace='/watch', parameter_overrides=NODE_PARAMETERS + [
+                                          Parameter('image_topic', value='/watch/image'),
+                                          Parameter('map_path', value=str(tmp_path / 'map')),
+                                          Parameter('map_watch_period_s', value=0.05)]))
+    monitor = OutputMonitor(ros.probe, '/watch/localize', outputs=('matches',))
+    images = ros.probe.create_publisher(Image, '/watch/image', 10)
+    try:
+        monkeypatch.setattr(MapDatabase, 'load', held_load)
+        build_localizer(range(12)).database.save(tmp_path / 'map')
+        assert entered.wait(TIMEOUT_S), 'the map watch did not start a load'
+        reply = call_service(ros.probe, SetBool, '/watch/localize/pause',
+                             SetBool.Request(data=False), timeout_s=5.0)
+        assert reply.success                          # the executor is free during the load
+        assert wait_for(lambda: images.get_subscription_count() > 0, TIMEOUT_S)
+        stamp = next(STAMPS)
+        images.publish(image_to_msg(place_image(3, 1), stamp, 'cam'))
+        old = ros.matches(stamp, monitor)
+        assert old.candidates[0].map_id == 3 and len(node.localizer.database) == len(PLACES)
+        release.set()
+        assert wait_for(lambda: len(node.localizer.database) == 12, TIMEOUT_S)
+        assert node.stats.counter('map_reloads') == 1
+        assert node.stats.counter('map_reload_failures') == 0
+    finally:
+        release.set()
+        ros.probe.destroy_publisher(images)
+        ros.graph.remove(node)
 
 
 def test_pause_and_reload_map(ros: Fixture, tmp_path) -> None:

@@ -8,7 +8,8 @@ and ``odom`` (nav_msgs/Odometry, for keyframe gating by motion). Publishes ``~/p
 (std_srvs/Trigger) and ``~/pause`` (std_srvs/SetBool).
 
 Inference runs on a worker thread that always takes the newest frame; frames replaced before the
-worker reached them are dropped and counted (``dropped_stale``).
+worker reached them are dropped and counted (``dropped_stale``). A map folder that changes on
+disk (``map_watch_period_s``) is loaded on a thread of its own and swapped in when complete.
 """
 
 from dataclasses import replace
@@ -101,6 +102,8 @@ class LocalizeNode(VprNode):
         self._slot = LatestSlot()
         self._map_marker_due = 0.0
         self._map_key = _manifest_key(self.params.config().map_path)
+        self._reload_lock = threading.Lock()         # one map load at a time
+        self._loader: Optional[threading.Thread] = None
         self._localizer = localizer or self._build_localizer()
         self._localizer.update_config(self.params.config('localizer'))
         self._create_interfaces()
@@ -185,7 +188,8 @@ class LocalizeNode(VprNode):
         run-time parameter changes, so a change made during a reload is never lost.
         """
         try:
-            size = self._reload_map()
+            with self._reload_lock:
+                size = self._reload_map()
         except (VprError, OSError):
             self.stats.count('map_reload_failures')
             raise
@@ -217,9 +221,22 @@ class LocalizeNode(VprNode):
                 self.get_logger().debug(f'{exc}; attempt {attempt + 1}')
 
     def _watch_map(self) -> None:
+        """Start loading the map on a thread of its own when its folder changed.
+
+        A large map takes seconds to load; meanwhile the executor keeps taking frames,
+        publishing diagnostics and answering services, and the worker keeps localizing against
+        the map it has.
+        """
+        if self._loader is not None and self._loader.is_alive():
+            return
         key = _manifest_key(self.params.config().map_path)
         if key is None or key == self._map_key:
             return
+        self._loader = threading.Thread(target=self._reload_changed_map, args=(key,),
+                                        name='vpr_map_reload', daemon=True)
+        self._loader.start()
+
+    def _reload_changed_map(self, key) -> None:
         try:
             self.reload_map()
         except MapChangedError as exc:
@@ -353,10 +370,12 @@ class LocalizeNode(VprNode):
         self.debug_pub.publish(msg)
 
     def destroy_node(self) -> None:
-        """Stop the worker thread, then destroy the node."""
+        """Stop the worker thread (and wait for a map load in progress), then destroy the node."""
         self._slot.close()
-        if self._worker.is_alive() and threading.current_thread() is not self._worker:
-            self._worker.join(timeout=10.0)
+        current = threading.current_thread()
+        for thread in (self._worker, self._loader):
+            if thread is not None and thread.is_alive() and thread is not current:
+                thread.join(timeout=10.0)
         super().destroy_node()
 
 

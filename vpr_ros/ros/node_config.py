@@ -80,8 +80,8 @@ class LocalizeNodeConfig:
     diagnostics_period_s: float = option(1.0, '/diagnostics publishing period in seconds',
                                          (0.05, 60.0))
     map_watch_period_s: float = option(0.0, 'reload the map when its manifest changes, checked '
-                                       'every N seconds (0 = off; use with a growing build_map)',
-                                       (0.0, 3600.0))
+                                       'every N seconds, loading it in the background (0 = off; '
+                                       'use with a growing build_map)', (0.0, 3600.0))
 
     def __post_init__(self) -> None:
         """Validate values."""
