@@ -35,8 +35,10 @@ GRAPH_BATCH = 16
 """Batch captured by the CUDA-graph encoder (``LocalizerConfig.batch_size``'s default)."""
 PRECISIONS = {'fp32': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
 CACHE_ENV = 'VPR_ROS_CACHE'
-CPU_MICRO_BATCH = 2
-"""Images per encoder call on a CPU: measured fastest for EfficientNet-Lite0 (benchmarks/)."""
+CPU_MICRO_BATCH = {'torch': 1, 'onnx': 2}
+"""Images per encoder call on a CPU, per backend: measured fastest for EfficientNet-Lite0 in
+``Localizer.describe`` (benchmarks/benchmark_extraction.py): eager PyTorch is about 25 % slower
+per image at 2 than at 1, onnxruntime a little faster at 2."""
 
 
 def default_cache_dir() -> Path:
@@ -152,7 +154,8 @@ def apply_backend(model: VprModel, backend: str = 'torch', cache_dir: Optional[P
             (``bf16``: bfloat16 matrix products). On CUDA the localizer's autocast applies to
             the torch backend; TensorRT engines are always fp16.
         threads: onnxruntime intra-op threads (0 = ``torch.get_num_threads()``).
-        micro_batch: images per encoder call; None = 2 on a CPU, the whole batch on a GPU.
+        micro_batch: images per encoder call; None = :data:`CPU_MICRO_BATCH` on a CPU, the
+            whole batch on a GPU.
         accelerate: torch backend on CUDA: ``none``, ``compile`` or ``cuda_graphs``
             (see :class:`TorchVprModel`).
 
@@ -169,7 +172,7 @@ def apply_backend(model: VprModel, backend: str = 'torch', cache_dir: Optional[P
     if backend == 'torch':
         on_cpu = resolve_device(device) == 'cpu'
         cpu_dtype = PRECISIONS[precision] if on_cpu and precision == 'bf16' else None
-        default_batch = CPU_MICRO_BATCH if on_cpu else 0
+        default_batch = CPU_MICRO_BATCH['torch'] if on_cpu else 0
         return TorchVprModel(model, default_batch if micro_batch is None else micro_batch,
                              cpu_dtype, accelerate)
     if precision != 'fp32' and backend == 'onnx':
@@ -177,7 +180,7 @@ def apply_backend(model: VprModel, backend: str = 'torch', cache_dir: Optional[P
     directory = export_model(model, cache_dir or default_cache_dir())
     providers = select_providers(backend, device, directory / ENGINE_DIR)
     if micro_batch is None:
-        micro_batch = CPU_MICRO_BATCH if providers[0] == 'CPUExecutionProvider' else 0
+        micro_batch = CPU_MICRO_BATCH['onnx'] if providers[0] == 'CPUExecutionProvider' else 0
     result = OnnxVprModel(directory, providers, threads, micro_batch)
     result.rerank_scoring = getattr(model, 'rerank_scoring', None)
     LOG.info('%s: backend %s, providers %s', model.spec.architecture, backend, result.providers)
