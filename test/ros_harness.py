@@ -6,8 +6,13 @@ concurrent test runs on one machine do not see each other's nodes.
 
 from functools import lru_cache
 import os
+from pathlib import Path
+import signal
+import subprocess
+import sys
+import threading
 import time
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Optional, Sequence
 
 import cv2
 import numpy as np
@@ -23,6 +28,7 @@ from vpr_ros.core.geometry import pose_from_xy_yaw
 from vpr_ros.core.localizer import Localizer
 from vpr_ros.ros.vpr_node import spin_in_background
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
 IMAGE_SHAPE = (72, 96)
 MODEL_INPUT = (64, 96)
 PLACE_SPACING_M = 1.0
@@ -129,6 +135,24 @@ def wait_for(condition: Callable[[], bool], timeout_s: float = 10.0, period_s: f
     return condition()
 
 
+def wait_for_progress(progress: Callable[[], float], target: float, stall_s: float = 30.0,
+                      period_s: float = 0.05) -> bool:
+    """Wait until ``progress()`` reaches ``target``; give up only when it stops moving.
+
+    A loaded machine makes work slower, not wrong: the wait goes on as long as the value keeps
+    changing, and fails only after ``stall_s`` without any change (a real stall).
+    """
+    last, changed = progress(), time.monotonic()
+    while last < target:
+        time.sleep(period_s)
+        value = progress()
+        if value != last:
+            last, changed = value, time.monotonic()
+        elif time.monotonic() - changed > stall_s:
+            return False
+    return True
+
+
 def call_service(node: Node, srv_type, name: str, request, timeout_s: float = 30.0):
     """Call service ``name`` from ``node`` (spun elsewhere) and return the response."""
     client = node.create_client(srv_type, name)
@@ -139,3 +163,71 @@ def call_service(node: Node, srv_type, name: str, request, timeout_s: float = 30
         return future.result()
     finally:
         node.destroy_client(client)
+
+
+class ModuleProcess:
+    """``python -m <module> <args>`` in a subprocess on DDS domain ``domain``.
+
+    stdout and stderr are merged and read line by line on a thread, so a test can wait for a
+    line (``localize ready: ...``) while the process runs, then stop it with a signal.
+    """
+
+    def __init__(self, module: str, args: Sequence[str], domain: int,
+                 env: Optional[dict] = None) -> None:
+        """Start the process (PYTHONPATH = the repository, one OpenMP thread)."""
+        environment = dict(os.environ, ROS_DOMAIN_ID=str(domain), OMP_NUM_THREADS='1',
+                           PYTHONPATH=os.pathsep.join([str(REPO_ROOT),
+                                                       os.environ.get('PYTHONPATH', '')]))
+        environment.update(env or {})
+        self.command = [sys.executable, '-m', module, *args]
+        self.process = subprocess.Popen(self.command, cwd=REPO_ROOT, env=environment,
+                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                        text=True)
+        self._lines: list[str] = []
+        self._eof = False
+        self._cond = threading.Condition()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.process.stdout:
+            with self._cond:
+                self._lines.append(line)
+                self._cond.notify_all()
+        with self._cond:
+            self._eof = True
+            self._cond.notify_all()
+
+    @property
+    def output(self) -> str:
+        """Return everything the process printed so far (stdout and stderr)."""
+        with self._cond:
+            return ''.join(self._lines)
+
+    def wait_for_line(self, text: str, timeout_s: float) -> bool:
+        """Wait until a line containing ``text`` was printed; False if the process ended first."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._eof or any(text in x for x in self._lines),
+                                timeout=timeout_s)
+            return any(text in x for x in self._lines)
+
+    def wait(self, timeout_s: float) -> int:
+        """Wait for the process to exit and its output to be read; return the exit status."""
+        try:
+            code = self.process.wait(timeout=timeout_s)
+        finally:
+            self.kill()
+        self._reader.join(timeout=timeout_s)
+        return code
+
+    def stop(self, sig: int = signal.SIGINT, timeout_s: float = 60.0) -> int:
+        """Send ``sig`` and return the exit status (the process is killed if it hangs)."""
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        return self.wait(timeout_s)
+
+    def kill(self) -> None:
+        """Kill the process if it still runs."""
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()

@@ -351,3 +351,214 @@ def test_eval_dataset_validates_positives() -> None:
         EvalDataset('x', (Path('a.jpg'),), (Path('b.jpg'),), ())
     with pytest.raises(DatasetError, match='outside'):
         EvalDataset('x', (Path('a.jpg'),), (Path('b.jpg'),), (np.array([1]),))
+
+
+# ------------------------------------------------------------------ loop-closure sequences
+
+SEQ_FRAMES = 30
+SEQ_GAP = 10
+
+
+def _sequence_images(root: Path, count: int = SEQ_FRAMES, folder: str = 'images') -> Path:
+    """Write ``1.png .. count.png`` (unpadded names: capture order is numeric, not textual)."""
+    for k in range(count):
+        _write_image(root / folder / f'{k + 1}.png', 200 + k)
+    return root
+
+
+def _loop_matrix() -> np.ndarray:
+    """Frames 20..29 revisit 0..9; one pair in the upper triangle; one too close in time."""
+    matrix = np.zeros((SEQ_FRAMES, SEQ_FRAMES), dtype=np.uint8)
+    for i in range(20, 30):
+        matrix[i, i - 20] = 1
+    matrix[4, 27] = 1           # upper triangle: frames 4 and 27 show the same place
+    matrix[12, 8] = 1           # 4 frames apart: below the minimum gap, never a positive
+    matrix[15, 15 - SEQ_GAP] = 1  # exactly min_gap frames apart: a positive (inclusive)
+    return matrix
+
+
+def _brute_loop_positives(matrix: np.ndarray, gap: int) -> list:
+    n = len(matrix)
+    return [[j for j in range(n) if (matrix[i, j] or matrix[j, i]) and j <= i - gap]
+            for i in range(n)]
+
+
+def test_loop_matrix_npy_mat_npz_match_brute_force(tmp_path: Path) -> None:
+    """A square matrix in .npy, .mat (found among other variables, or sparse) or .npz agrees."""
+    from scipy.io import savemat
+    from scipy.sparse import csc_matrix
+    from vpr_ros.core.benchmark_datasets import read_loop_matrix_dataset
+    root = _sequence_images(tmp_path / 'seq')
+    matrix = _loop_matrix()
+    np.save(root / 'gt.npy', matrix)
+    savemat(root / 'gt.mat', {'GT': matrix.astype(float), 'fps': 10.0,
+                              'names': np.zeros((SEQ_FRAMES, 2))})
+    savemat(root / 'sparse.mat', {'L': csc_matrix(matrix.astype(float))})
+    np.savez(root / 'gt.npz', loops=matrix.astype(bool))
+    expected = _brute_loop_positives(matrix, SEQ_GAP)
+    assert expected[15] == [5] and expected[12] == [] and expected[27] == [4, 7]
+    for name in ('gt.npy', 'gt.mat', 'sparse.mat', 'gt.npz'):
+        dataset = read_loop_matrix_dataset(root, name, min_gap=SEQ_GAP)
+        assert [list(p) for p in dataset.positives] == expected, name
+        assert dataset.sequence_gap == SEQ_GAP
+        assert [p.name for p in dataset.queries] == [f'{k + 1}.png' for k in range(SEQ_FRAMES)]
+    assert dataset.info['gt_key'] == 'loops'
+    via_dispatch = load_dataset('loop-matrix', root, ground_truth='gt.mat', min_gap=5)
+    assert [list(p) for p in via_dispatch.positives] == _brute_loop_positives(matrix, 5)
+    assert via_dispatch.info['gt_key'] == 'GT'
+
+
+def test_loop_matrix_errors_name_the_problem(tmp_path: Path) -> None:
+    """Non-square, not 2-D, wrong size, ambiguous, missing, pickled or NaN matrices are named."""
+    from scipy.io import savemat
+    from vpr_ros.core.benchmark_datasets import read_loop_matrix_dataset
+    root = _sequence_images(tmp_path / 'seq')
+    cases = {'rect.npy': (np.zeros((30, 29)), 'not square: shape \\(30, 29\\)'),
+             'cube.npy': (np.zeros((30, 30, 2)), 'shape \\(30, 30, 2\\).*2-D'),
+             'small.npy': (np.zeros((29, 29)), '29x29 but .* holds 30 images'),
+             'nan.npy': (np.full((30, 30), np.nan), 'non-finite'),
+             'text.npy': (np.array([['a'] * 30] * 30), 'not numbers')}
+    for name, (array, message) in cases.items():
+        np.save(root / name, array)
+        with pytest.raises(DatasetError, match=message):
+            read_loop_matrix_dataset(root, name)
+    np.save(root / 'objects.npy', np.array([{'loop': 1}], dtype=object))
+    with pytest.raises(DatasetError, match='never unpickled'):
+        read_loop_matrix_dataset(root, 'objects.npy')
+    savemat(root / 'two.mat', {'a': np.eye(30), 'b': np.eye(30)})
+    with pytest.raises(DatasetError, match='several square 2-D arrays .*--gt-key'):
+        read_loop_matrix_dataset(root, 'two.mat')
+    assert read_loop_matrix_dataset(root, 'two.mat', gt_key='b', min_gap=1).info['gt_key'] == 'b'
+    with pytest.raises(DatasetError, match="no variable 'c'; it holds a 30x30"):
+        read_loop_matrix_dataset(root, 'two.mat', gt_key='c')
+    savemat(root / 'none.mat', {'poses': np.zeros((30, 12)), 'rate': 10.0})
+    with pytest.raises(DatasetError, match='no square 2-D array'):
+        read_loop_matrix_dataset(root, 'none.mat')
+    with pytest.raises(DatasetError, match='does not exist'):
+        read_loop_matrix_dataset(root, 'missing.npy')
+    (root / 'gt.txt').write_text('0 1\n1 0\n')
+    with pytest.raises(DatasetError, match='.mat, .npy or .npz'):
+        read_loop_matrix_dataset(root, 'gt.txt')
+
+
+def _kitti_trajectory() -> np.ndarray:
+    """Return 30 camera centres: a 20-frame loop, then frames 20..29 near frames 0..9."""
+    rng = np.random.default_rng(3)
+    centres = np.zeros((SEQ_FRAMES, 3))
+    for i in range(20):
+        angle = 2 * math.pi * i / 20
+        centres[i] = (40 * math.cos(angle), 0.0, 40 * math.sin(angle))
+    for i in range(20, 30):
+        centres[i] = centres[i - 20] + rng.uniform(-1.5, 1.5, 3) * (1, 0, 1)
+    centres[22] = centres[2] + (3.0, 0.0, 4.0)     # exactly at the 5 m radius (inclusive)
+    centres[27] = centres[7] + (0.0, -10.0, 0.0)   # on a bridge 10 m above: 3-D keeps it apart
+    return centres
+
+
+def _write_kitti(root: Path, centres: np.ndarray) -> Path:
+    lines = []
+    for i, centre in enumerate(centres):
+        yaw = 0.3 * i
+        rotation = np.array([[math.cos(yaw), 0, math.sin(yaw)], [0, 1, 0],
+                             [-math.sin(yaw), 0, math.cos(yaw)]])
+        pose = np.hstack([rotation, centre[:, None]])
+        lines.append(' '.join(f'{v:.9e}' for v in pose.reshape(-1)))
+    (root / 'poses.txt').write_text('\n'.join(lines) + '\n')
+    return root / 'poses.txt'
+
+
+def test_kitti_poses_positives_match_brute_force(tmp_path: Path) -> None:
+    """Positives are the frames at least min-gap back within the radius (3-D, inclusive)."""
+    from vpr_ros.core.benchmark_datasets import read_kitti_poses_dataset
+    root = _sequence_images(tmp_path / '00', folder='image_2')
+    centres = _kitti_trajectory()
+    _write_kitti(root, centres)
+    (root / 'times.txt').write_text(''.join(f'{0.1 * i:.6e}\n' for i in range(SEQ_FRAMES)))
+    dataset = read_kitti_poses_dataset(root, 'poses.txt', radius_m=5.0, min_gap=SEQ_GAP)
+    expected = [[j for j in range(SEQ_FRAMES)
+                 if j <= i - SEQ_GAP and math.dist(centres[i], centres[j]) <= 5.0]
+                for i in range(SEQ_FRAMES)]
+    assert [list(p) for p in dataset.positives] == expected
+    assert 2 in expected[22] and expected[27] == [] and sum(map(len, expected)) >= 8
+    assert dataset.info['image_dir'] == 'image_2' and dataset.info['stamps'] == 'times.txt'
+    assert dataset.query_stamps_ns().tolist() == [i * 100_000_000 for i in range(SEQ_FRAMES)]
+    frames = list(dataset.query_frames())
+    assert [f.stamp_ns for f in frames[:3]] == [0, 100_000_000, 200_000_000]
+
+
+def test_kitti_poses_errors_name_the_problem(tmp_path: Path) -> None:
+    """A short line, a word, a missing pose or image folder is a DatasetError naming it."""
+    from vpr_ros.core.benchmark_datasets import read_kitti_poses_dataset
+    root = _sequence_images(tmp_path / '00')
+    path = _write_kitti(root, _kitti_trajectory())
+    lines = path.read_text().splitlines()
+    bad = {'short.txt': lines[:2] + [' '.join(lines[2].split()[:11])] + lines[3:],
+           'word.txt': lines[:4] + [lines[4].replace(lines[4].split()[0], 'x')] + lines[5:],
+           'fewer.txt': lines[:-1], 'square.txt': [line + ' 0 0 0 1' for line in lines]}
+    messages = {'short.txt': 'line 3 has 11 values, expected 12',
+                'word.txt': 'line 5 has a value that is not a number',
+                'fewer.txt': '29 poses but .* holds 30 images',
+                'square.txt': 'line 1 has 16 values, expected 12'}
+    for name, content in bad.items():
+        (root / name).write_text('\n'.join(content) + '\n')
+        with pytest.raises(DatasetError, match=messages[name]):
+            read_kitti_poses_dataset(root, name)
+    with pytest.raises(DatasetError, match='--image-dir'):
+        read_kitti_poses_dataset(tmp_path / 'empty', 'poses.txt')
+
+
+def test_sequence_exclusion_by_time_matches_brute_force(tmp_path: Path) -> None:
+    """The map of frame i: frames <= i - gap stamped at least exclude_recent_s earlier."""
+    from vpr_ros.core.benchmark_datasets import read_loop_matrix_dataset
+    root = _sequence_images(tmp_path / 'seq')
+    np.save(root / 'gt.npy', _loop_matrix())
+    rng = np.random.default_rng(5)
+    intervals = rng.integers(20, 200, SEQ_FRAMES)
+    intervals[4:13] = [30, 40, 50, 30, 40, 50, 30, 40, 40]
+    ms = np.cumsum(intervals)   # frame 3 is exactly 0.35 s before frame 12: kept
+    (root / 'stamps.txt').write_text(''.join(f'{m / 1000}\n' for m in ms))
+    dataset = read_loop_matrix_dataset(root, 'gt.npy', min_gap=2, times='stamps.txt',
+                                       exclude_recent_s=0.35)
+    sizes = [sum(1 for j in range(SEQ_FRAMES) if j <= i - 2 and ms[i] - ms[j] >= 350)
+             for i in range(SEQ_FRAMES)]
+    assert dataset.sequence_map_sizes().tolist() == sizes
+    assert sizes[12] == 4
+    matrix = _loop_matrix()
+    assert [list(p) for p in dataset.positives] == [
+        [j for j in row if j < sizes[i]] for i, row in enumerate(_brute_loop_positives(matrix, 2))]
+    assert dataset.query_stamps_ns().tolist() == [int(m) * 1_000_000 for m in ms]
+    assert dataset.info['exclude_recent_s'] == 0.35 and dataset.info['stamps'] == 'stamps.txt'
+    by_rate = read_loop_matrix_dataset(root, 'gt.npy', min_gap=1, frame_rate=10.0,
+                                       exclude_recent_s=0.5)
+    by_gap = read_loop_matrix_dataset(root, 'gt.npy', min_gap=5)
+    assert by_rate.sequence_map_sizes().tolist() == by_gap.sequence_map_sizes().tolist()
+    assert [list(p) for p in by_rate.positives] == [list(p) for p in by_gap.positives]
+
+
+def test_sequence_exclusion_needs_stamps(tmp_path: Path) -> None:
+    """Without stamps (plain image files) a time exclusion is refused, naming the remedies."""
+    from vpr_ros.core.benchmark_datasets import read_loop_matrix_dataset
+    root = _sequence_images(tmp_path / 'seq')
+    np.save(root / 'gt.npy', _loop_matrix())
+    with pytest.raises(DatasetError, match='needs frame stamps.*times.*frame rate'):
+        read_loop_matrix_dataset(root, 'gt.npy', exclude_recent_s=1.0)
+    with pytest.raises(DatasetError, match='not both'):
+        read_loop_matrix_dataset(root, 'gt.npy', times='t.txt', frame_rate=10.0)
+    (root / 'times.txt').write_text('0.0\n0.1\n')
+    with pytest.raises(DatasetError, match='2 frame times but the sequence has 30 images'):
+        read_loop_matrix_dataset(root, 'gt.npy', exclude_recent_s=1.0)
+    (root / 'times.txt').write_text(''.join(f'{0.1 * (i % 20)}\n' for i in range(30)))
+    with pytest.raises(DatasetError, match='frame 20 \\(0-based\\) is stamped'):
+        read_loop_matrix_dataset(root, 'gt.npy')
+
+
+def test_sequence_min_gap_is_inclusive(tmp_path: Path) -> None:
+    """A revisit exactly min-gap frames back is a positive and in the map; one less is not."""
+    from vpr_ros.core.benchmark_datasets import read_sequence_dataset
+    root = _sequence_images(tmp_path / 'seq', count=12)
+    loops = [{'frame': 11, 'revisits': [1]}, {'frame': 10, 'revisits': [1]}]
+    (root / 'ground_truth.json').write_text(json.dumps(
+        {'frames': [f'{k + 1}.png' for k in range(12)], 'loops': loops}))
+    dataset = read_sequence_dataset(root, min_gap=10)
+    assert [list(p) for p in dataset.positives] == [[]] * 10 + [[0], []]
+    assert dataset.sequence_map_sizes().tolist() == [0] * 10 + [1, 2]

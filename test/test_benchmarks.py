@@ -64,3 +64,24 @@ def test_map_scale_benchmark(capsys):
     out = run('benchmark_map_scale', ['--sizes', '10000', '--queries', '20'], capsys)
     assert len(RATIO.findall(out)) == 3, out
     assert 'recall@10' in out and 'B/entry' in out
+
+
+def test_repeat_collects_every_ratio_line() -> None:
+    """benchmarks/repeat.py reads the ratio lines of every script's format, and only those."""
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.insert(0, str(BENCHMARKS))
+    repeat = importlib.import_module('repeat')
+    output = '\n'.join([
+        'pairvpr_lite (weights x); input (240, 320), 1.201 GFLOP/image',
+        '  naive per-image loop (baseline)                  24.8 images/s   x 1.00 vs baseline',
+        '  Localizer.describe, default settings (onnx)     104.2 images/s   x 4.19 vs baseline',
+        '  official per-query loop                       563.0 pairs/s   x 1.00 vs baseline',
+        '  torch first, nothing set                  539.4        2         True x  0.17 vs '
+        'baseline',
+        '  HNSW M32                                  0.086 ms   x 1.66 vs exact'])
+    assert repeat.ratios_of(output) == {
+        'naive per-image loop (baseline)': 1.0,
+        'Localizer.describe, default settings (onnx)': 4.19, 'official per-query loop': 1.0,
+        'torch first, nothing set': 0.17, 'HNSW M32': 1.66}
+    table = repeat.summary([{'a': 1.0, 'b': 2.0}, {'a': 3.0, 'b': 2.5}, {'a': 2.0}])
+    assert 'x   2.00     1.00-3.00' in table and 'x   2.25     2.00-2.50' in table

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from vpr_ros.core.bag import write_frames
-from vpr_ros.core.cli import vpr_localize, vpr_map
+from vpr_ros.core.cli import vpr_eval, vpr_localize, vpr_map
 from vpr_ros.core.frame import Frame
 from vpr_ros.core.geometry import pose_from_xy_yaw
 
@@ -76,7 +76,7 @@ def test_errors_are_reported_not_raised(tmp_path: Path, capsys) -> None:
     assert 'manifest' in capsys.readouterr().err
 
 
-@pytest.mark.parametrize('module', [vpr_map, vpr_localize])
+@pytest.mark.parametrize('module', [vpr_map, vpr_localize, vpr_eval])
 def test_every_option_has_help(module) -> None:
     """Every flag has a real help text (no placeholders)."""
     parser = module.build_parser()

@@ -1,8 +1,11 @@
 """Evaluation pipeline, scoring of recorded matches, reports and the ``vpr-eval`` CLI."""
 
+import csv
+from dataclasses import replace
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -77,7 +80,8 @@ def test_score_matches_hand_worked() -> None:
     assert loop['max_recall_at_100_precision'] == pytest.approx(0.5)
     assert (loop['best_f1'], loop['best_f1_threshold']) == pytest.approx((2 / 3, 0.8))
     assert loop['at_threshold'] == {'threshold': 0.5, 'source': 'score >= threshold',
-                                    'accepted': 1, 'precision': 1.0, 'recall': 0.5}
+                                    'accepted': 1, 'correct_accepted': 1, 'wrong_accepted': 0,
+                                    'precision': 1.0, 'recall': 0.5}
     assert result.summary_line() == 'R@1: 33.3, R@5: 66.7'
 
 
@@ -96,6 +100,52 @@ def test_score_matches_before_rerank_and_latency() -> None:
     assert result.latency_ms['describe']['p50'] == pytest.approx(15.0)
     assert result.latency_ms['total']['count'] == 2
     assert list(result.recall_curve(before_rerank=True)) == pytest.approx([100 / 3, 100 / 3])
+
+
+def _decision_dataset() -> EvalDataset:
+    images = [np.full((4, 4, 3), v, np.uint8) for v in range(10)]
+    database = tuple(Frame(i, images[i]) for i in range(4))
+    queries = tuple(Frame(100 * (q + 1), images[4 + q]) for q in range(6))
+    positives = tuple(np.array(p, np.int64) for p in ([1], [2, 3], [], [0], [1], []))
+    return EvalDataset('decisions', database, queries, positives)
+
+
+DECISION_MATCHES = [
+    Match(100, (1, 0), (0.9, 0.5), 0.95, accepted=True, reason='accepted'),      # correct
+    Match(200, (0, 2), (0.8, 0.7), 0.97, accepted=True, reason='accepted'),      # wrong place
+    Match(300, (3,), (0.7,), 0.92, accepted=True, reason='accepted'),            # no true match
+    Match(400, (0,), (0.9,), 0.99, accepted=False, reason='temporal'),           # right, held
+    Match(500, (), (), accepted=False, reason='empty map')]                       # 600: no answer
+
+
+def test_accept_decisions_count_wrong_accepts_in_metrics_csv_and_summary(tmp_path: Path) -> None:
+    """The localizer's decisions are counted (3 accepted, 2 wrong) and listed per query."""
+    result = score_matches(DECISION_MATCHES, _decision_dataset(), recall_values=(1,),
+                           accept_threshold=0.9)
+    decision = result.loop_closure['at_threshold']
+    assert decision == pytest.approx({
+        'threshold': 0.9, 'source': 'localizer decision', 'accepted': 3, 'correct_accepted': 1,
+        'wrong_accepted': 2, 'precision': 1 / 3, 'recall': 1 / 4})
+    assert result.accepted == (True, True, True, False, False, None)
+    write_report(result, tmp_path / 'report')
+    with (tmp_path / 'report' / 'predictions.csv').open(newline='') as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(r['probability'], r['accepted'], r['correct'], r['reason']) for r in rows] == [
+        ('0.950000', '1', '1', 'accepted'), ('0.970000', '1', '0', 'accepted'),
+        ('0.920000', '1', '0', 'accepted'), ('0.990000', '0', '1', 'temporal'),
+        ('', '0', '', 'empty map'), ('', '', '', '')]
+    wrong_in_csv = sum(r['accepted'] == '1' and r['correct'] == '0' for r in rows)
+    metrics = json.loads((tmp_path / 'report' / 'metrics.json').read_text())
+    assert wrong_in_csv == metrics['loop_closure']['at_threshold']['wrong_accepted'] == 2
+    summary = (tmp_path / 'report' / 'summary.md').read_text()
+    assert '### Accept decision (localizer decision, threshold 0.9)' in summary
+    assert '| 3 | 1 | 2 | 0.3333 | 0.2500 |' in summary
+    # Without recorded decisions the threshold decides: the held-back correct match counts.
+    plain = [replace(m, accepted=None) for m in DECISION_MATCHES]
+    fallback = score_matches(plain, _decision_dataset(), recall_values=(1,),
+                             accept_threshold=0.9).loop_closure['at_threshold']
+    assert (fallback['source'], fallback['accepted'], fallback['correct_accepted'],
+            fallback['wrong_accepted']) == ('score >= threshold', 4, 2, 2)
 
 
 def test_score_matches_rejects_malformed_records() -> None:
@@ -315,27 +365,53 @@ def _sequence_folder(root: Path, count: int = 14, revisit_from: int = 9) -> Path
     return root
 
 
+def _check_sequence_brute_force(model, dataset: EvalDataset, allowed: list) -> Any:
+    """Evaluate ``dataset``; frame i must be ranked among the frames ``allowed[i]`` only."""
+    result = evaluate(model, dataset, top_k=3, rerank=False, recall_values=(1, 2))
+    from vpr_ros.core.preprocessing import preprocess
+    with torch.inference_mode():
+        d = model.global_descriptor(preprocess(
+            [dataset.query_image(i) for i in range(dataset.num_queries)], model.spec)).numpy()
+    hits = {1: 0, 2: 0}
+    for i in range(dataset.num_queries):
+        frames = np.asarray(allowed[i], dtype=np.int64)
+        expected = frames[np.argsort(-(d[frames] @ d[i]), kind='stable')][:3]
+        found = result.predictions[i][result.predictions[i] >= 0]
+        assert list(found) == list(expected), i
+        for n in hits:
+            hits[n] += bool(set(expected[:n]) & set(dataset.positives[i].tolist()))
+    revisiting = dataset.num_queries - dataset.queries_without_positives
+    assert result.recalls == pytest.approx({n: 100.0 * h / revisiting for n, h in hits.items()})
+    return result
+
+
 def test_sequence_protocol_equals_brute_force(small_model, tmp_path: Path) -> None:
     """Frame i is ranked among frames <= i - gap only; Recall@N counts revisiting frames."""
     from vpr_ros.core.benchmark_datasets import read_sequence_dataset
     dataset = read_sequence_dataset(_sequence_folder(tmp_path / 'seq'), min_gap=5)
     assert dataset.sequence_gap == 5 and dataset.queries_without_positives == 8
-    result = evaluate(small_model, dataset, top_k=3, rerank=False, recall_values=(1, 2))
-    from vpr_ros.core.preprocessing import preprocess
-    with torch.inference_mode():
-        d = small_model.global_descriptor(preprocess(
-            [dataset.query_image(i) for i in range(14)], small_model.spec)).numpy()
-    hits = {1: 0, 2: 0}
-    for i in range(14):
-        allowed = np.arange(max(i - 4, 0))
-        expected = allowed[np.argsort(-(d[allowed] @ d[i]), kind='stable')][:3]
-        found = result.predictions[i][result.predictions[i] >= 0]
-        assert list(found) == list(expected), i
-        for n in hits:
-            hits[n] += bool(set(expected[:n]) & set(dataset.positives[i].tolist()))
-    assert result.recalls == pytest.approx({n: 100.0 * h / 6 for n, h in hits.items()})
+    result = _check_sequence_brute_force(small_model, dataset,
+                                         [range(max(i - 4, 0)) for i in range(14)])
+    # Inclusive gap: frame 5 is matched against frame 0, exactly 5 frames back.
+    assert result.predictions[5].tolist()[:2] == [0, -1]
     assert result.loop_closure['queries_with_true_match'] == 6
     assert result.loop_closure['decisions'] == 14 - 5
+
+
+def test_sequence_exclusion_by_time_equals_brute_force(small_model, tmp_path: Path) -> None:
+    """--exclude-recent-s 0.5 at 10 Hz keeps frames >= 0.5 s old: the rankings of gap 5."""
+    from vpr_ros.core.benchmark_datasets import read_sequence_dataset
+    root = _sequence_folder(tmp_path / 'seq')
+    timed = read_sequence_dataset(root, min_gap=1, frame_rate=10.0, exclude_recent_s=0.5)
+    stamps = timed.query_stamps_ns()
+    assert stamps.tolist() == [i * 100_000_000 for i in range(14)]
+    allowed = [[j for j in range(i) if stamps[i] - stamps[j] >= 500_000_000] for i in range(14)]
+    result = _check_sequence_brute_force(small_model, timed, allowed)
+    by_gap = evaluate(small_model, read_sequence_dataset(root, min_gap=5), top_k=3,
+                      rerank=False, recall_values=(1, 2))
+    assert np.array_equal(result.predictions, by_gap.predictions)
+    assert result.recalls == by_gap.recalls
+    assert result.dataset.summary()['exclude_recent_s'] == 0.5
 
 
 def test_sequence_reader_names_problems(tmp_path: Path) -> None:
@@ -365,3 +441,62 @@ def test_cli_sequence_report_has_reliability(tmp_path: Path, capsys) -> None:
     assert sum(table['count']) == 9 and 0.0 <= table['ece'] <= 1.0
     assert (out / 'reliability.png').read_bytes().startswith(PNG_MAGIC)
     assert metrics['dataset']['format'] == 'sequence'
+
+
+def _kitti_from_sequence(root: Path) -> Path:
+    """Give the sequence folder a KITTI pose file: frames 9..14 at the places of 1..6."""
+    lines = []
+    for i in range(14):
+        place = i - 8 if i >= 8 else i
+        lines.append(f'1 0 0 {10.0 * place} 0 1 0 0 0 0 1 {0.1 * i}')
+    (root / 'poses.txt').write_text('\n'.join(lines) + '\n')
+    return root
+
+
+def test_cli_kitti_poses_with_time_exclusion(tmp_path: Path, capsys) -> None:
+    """kitti-poses + --exclude-recent-s: positives from poses, decision counted, CSV agrees."""
+    root = _kitti_from_sequence(_sequence_folder(tmp_path / 'seq'))
+    out = tmp_path / 'report'
+    rc = vpr_eval.main(['--dataset-format', 'kitti-poses', '--dataset', str(root),
+                        '--ground-truth', 'poses.txt', '--radius', '2', '--min-gap', '1',
+                        '--frame-rate', '10', '--exclude-recent-s', '0.5',
+                        '--model', 'efficientnet_lite0_gem', '--out', str(out), '--top-k', '3',
+                        '--recall-values', '1', '2', '--device', 'cpu'])
+    assert rc == 0
+    metrics = json.loads((out / 'metrics.json').read_text())
+    info = metrics['dataset']
+    assert (info['format'], info['exclude_recent_s'], info['stamps']) == (
+        'kitti-poses', 0.5, 'frame rate 10 Hz')
+    assert info['queries_without_positives'] == 8 and info['frames_with_revisits'] == 6
+    decision = metrics['loop_closure']['at_threshold']
+    assert decision['source'] == 'localizer decision'
+    with (out / 'predictions.csv').open(newline='') as handle:
+        rows = list(csv.DictReader(handle))
+    assert [int(r['stamp_ns']) for r in rows] == [i * 100_000_000 for i in range(14)]
+    assert all(r['reason'] == 'empty map' for r in rows[:5])
+    assert all(max(map(int, r['database_ids'].split())) <= i - 5 for i, r in enumerate(rows)
+               if r['database_ids'])
+    assert sum(r['accepted'] == '1' for r in rows) == decision['accepted']
+    assert sum(r['accepted'] == '1' and r['correct'] == '0' for r in rows) == \
+        decision['wrong_accepted']
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-1] == metrics['summary']
+    assert lines[-2].startswith('accept decision (localizer decision, threshold ')
+    assert f'{decision["wrong_accepted"]} of them wrong' in lines[-2]
+
+
+def test_cli_sequence_options_are_checked(tmp_path: Path, capsys) -> None:
+    """Sequence-only flags elsewhere, a missing matrix or missing stamps are named errors."""
+    root = _sequence_folder(tmp_path / 'seq')
+    runs = {('--dataset-format', 'folder', '--exclude-recent-s', '1'):
+            '--exclude-recent-s apply to the sequence formats',
+            ('--dataset-format', 'loop-matrix'): 'loop-matrix needs --ground-truth',
+            ('--dataset-format', 'kitti-poses', '--gt-key', 'x', '--ground-truth', 'p.txt'):
+            '--gt-key applies to dataset format loop-matrix only',
+            ('--dataset-format', 'sequence', '--exclude-recent-s', '1'): 'needs frame stamps'}
+    for flags, message in runs.items():
+        rc = vpr_eval.main([*flags, '--dataset', str(root), '--out', str(tmp_path / 'out')])
+        assert rc == 1, flags
+        assert message in capsys.readouterr().err, flags
+    help_text = ' '.join(vpr_eval.build_parser().format_help().split())
+    assert 'inclusive: a revisit exactly MIN_GAP frames back counts' in help_text

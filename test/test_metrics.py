@@ -76,6 +76,23 @@ def test_positives_within_radius_empty_database() -> None:
     assert [len(ids) for ids in found] == [0, 0]
 
 
+def test_positives_within_radius_three_dimensional() -> None:
+    """[N, 3] positions use the 3-D distance (random points against a loop); widths must agree."""
+    rng = np.random.default_rng(2)
+    db = rng.uniform(0, 30, size=(80, 3))
+    queries = np.vstack([rng.uniform(0, 30, size=(20, 3)), [[0.0, 0.0, 0.0]]])
+    db[0] = (3.0, 0.0, 4.0)    # exactly 5 m from the last query: inclusive
+    db[1] = (3.0, 4.0, 0.5)    # 5 m in the x-y plane, 5.02 m in 3-D: not a positive
+    found = positives_within_radius(queries, db, 5.0)
+    expected = [[j for j, d in enumerate(db) if math.dist(q, d) <= 5.0] for q in queries]
+    assert [list(ids) for ids in found] == expected
+    assert 0 in expected[-1] and 1 not in expected[-1]
+    with pytest.raises(ConfigError, match='3 coordinates but database positions 2'):
+        positives_within_radius(queries, db[:, :2], 5.0)
+    with pytest.raises(ConfigError, match=r'\[N, 2\] or \[N, 3\]'):
+        positives_within_radius(np.zeros((2, 4)), db, 5.0)
+
+
 def test_precision_recall_toy() -> None:
     """Four decisions, three queries with a true match: hand-worked curve and summaries."""
     precision, recall, thresholds = precision_recall([0.9, 0.8, 0.7, 0.6], [1, 0, 1, 0],

@@ -6,6 +6,7 @@ official state dict by name and uses explicit softmax attention. The port loads 
 dict through its key map and must agree with it.
 """
 
+import dataclasses
 import inspect
 import json
 import math
@@ -320,6 +321,7 @@ def test_spec_records_overrides_and_preprocessing():
     assert spec.token_dim == ENC_DIM and spec.descriptor_dim == DESC and spec.has_pair_classifier
     assert spec.mean == (0.485, 0.456, 0.406) and spec.std == (0.229, 0.224, 0.225)
     assert spec.kwargs == SMALL
+    assert spec.preprocessing == 'official'  # the official evaluation's PIL resize
 
 
 def test_frozen_blocks_get_no_gradient_and_same_output():
@@ -398,6 +400,9 @@ def test_checkpoint_round_trip(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ['model.safetensors']
     loaded = load_checkpoint(path)
     assert loaded.spec == model.spec and not loaded.training
+    assert loaded.spec.preprocessing == 'official'
+    with safe_open(str(path), framework='pt') as handle:
+        assert json.loads(handle.metadata()['spec'])['preprocessing'] == 'official'
     x = images(2)
     with torch.no_grad():
         tokens = model.dense_features(x)
@@ -427,6 +432,24 @@ def edit_spec(**changes):
             spec[key] = value
         metadata['spec'] = json.dumps(spec)
     return edit
+
+
+def test_checkpoint_keeps_the_preprocessing_it_was_saved_with(tmp_path):
+    """A spec without the field (older files, or the float mode) loads in the float mode."""
+    model = small_model(state=random_official_state(seed=14))
+    model.spec = dataclasses.replace(model.spec, preprocessing='float')
+    path = save_checkpoint(model, tmp_path / 'float.safetensors')
+    with safe_open(str(path), framework='pt') as handle:
+        assert 'preprocessing' not in json.loads(handle.metadata()['spec'])
+    loaded = load_checkpoint(path)
+    assert loaded.spec.preprocessing == 'float' and loaded.spec == model.spec
+    assert create_model('pairvpr_vitb14', **SMALL).spec.preprocessing == 'official'
+
+
+@pytest.mark.parametrize('value', ['pil', None, 3])
+def test_unknown_preprocessing_in_a_checkpoint_is_refused(tmp_path, value):
+    with pytest.raises(CheckpointError, match='preprocessing'):
+        load_checkpoint(saved(tmp_path, metadata_edit=edit_spec(preprocessing=value)))
 
 
 @pytest.mark.parametrize('edit,message', [
@@ -486,6 +509,7 @@ def test_official_pth_loads_in_every_wrapping(tmp_path, wrap):
     model = load_official_pairvpr(tmp_path / 'pairvpr-vitB.pth', 'vitb14', **SMALL)
     exported = to_official_state_dict(model)
     assert all(torch.equal(exported[key], state[key]) for key in state)
+    assert model.spec.preprocessing == 'official'
 
 
 class NotAllowed:

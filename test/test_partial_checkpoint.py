@@ -94,14 +94,16 @@ def test_missing_key_is_named(tmp_path, trained):
         load_checkpoint(path)
 
 
-@pytest.mark.parametrize('extra', ['encoder.conv_stem.weight', 'decoder.extra'])
-def test_unexpected_key_is_named(tmp_path, trained, extra):
-    """A base tensor or an unknown tensor in a partial file is refused by name."""
+@pytest.mark.parametrize('extra, value, message', [
+    ('decoder.extra', torch.zeros(32, 3, 3, 3), 'unexpected keys: decoder.extra'),
+    ('encoder.conv_stem.weight', torch.zeros(5), 'encoder.conv_stem.weight')])
+def test_unexpected_key_is_named(tmp_path, trained, extra, value, message):
+    """An unknown tensor, or a base tensor of the wrong shape, in a partial file is named."""
     path = save_checkpoint(trained, tmp_path / 'p.safetensors', base_weights=BASE)
     state, metadata = read(path)
-    state[extra] = torch.zeros(32, 3, 3, 3)
+    state[extra] = value
     write(path, state, metadata)
-    with pytest.raises(CheckpointError, match=f'unexpected keys: {extra}'):
+    with pytest.raises(CheckpointError, match=message):
         load_checkpoint(path)
 
 
@@ -141,10 +143,14 @@ def test_modified_tensor_fails_the_digest(tmp_path, trained):
         load_checkpoint(path)
 
 
-def test_save_refuses_a_changed_encoder(tmp_path, trained):
-    """A model whose encoder differs from the base cannot be saved as a partial checkpoint."""
+def test_save_keeps_only_the_changed_encoder_tensors(tmp_path, trained):
+    """A fine-tuned encoder tensor is stored (float16) and put over the base when loading."""
     with torch.no_grad():
         trained.encoder.conv_stem.weight.mul_(1.01)
-    with pytest.raises(CheckpointError, match='encoder.conv_stem.weight'):
-        save_checkpoint(trained, tmp_path / 'p.safetensors', base_weights=BASE)
-    assert not (tmp_path / 'p.safetensors').exists()
+    path = save_checkpoint(trained, tmp_path / 'p.safetensors', base_weights=BASE)
+    state, _ = read(path)
+    assert [k for k in state if k.startswith('encoder.')] == ['encoder.conv_stem.weight']
+    loaded = load_checkpoint(path)
+    assert torch.equal(loaded.encoder.conv_stem.weight,
+                       trained.encoder.conv_stem.weight.half().float())
+    assert torch.equal(loaded.encoder.conv_head.weight, trained.encoder.conv_head.weight)

@@ -14,7 +14,7 @@ import pytest
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile
-from ros_harness import call_service, domain_id, RosGraph, wait_for
+from ros_harness import call_service, domain_id, RosGraph, wait_for, wait_for_progress
 from sensor_msgs.msg import Image
 from std_srvs.srv import Trigger
 from vpr_ros.core.config import LocalizerConfig
@@ -154,11 +154,11 @@ def _build_while_querying(probe: Probe, localize: LocalizeNode, builder: BuildMa
         for k in range(KEYFRAMES):
             probe.send_keyframe(k)
             time.sleep(0.01)
-        assert wait_for(lambda: builder.stats.counter('keyframes_added') == KEYFRAMES,
-                        TIMEOUT_S), builder.stats.snapshot()
+        assert wait_for_progress(lambda: builder.stats.counter('keyframes_added'), KEYFRAMES,
+                                 TIMEOUT_S), builder.stats.snapshot()
         reply = call_service(probe.node, Trigger, '/build_map/save', Trigger.Request())
         assert reply.success and f'saved {KEYFRAMES} places' in reply.message
-        assert wait_for(lambda: len(localize.localizer.database) == KEYFRAMES, TIMEOUT_S)
+        assert wait_for_progress(lambda: len(localize.localizer.database), KEYFRAMES, TIMEOUT_S)
     finally:
         probe.stop()
         querying.join()

@@ -15,7 +15,7 @@ from vpr_ros.core.config import config_from_dict, LocalizerConfig
 from vpr_ros.core.errors import ConfigError
 from vpr_ros.ros.node_config import (BuildMapNodeConfig, LOCALIZE_GROUPS,
                                      NODE_GROUPS)
-from vpr_ros.ros.parameters import group_parameter_names, NodeParameters
+from vpr_ros.ros.parameters import group_parameter_names, NodeParameters, parameters_yaml
 import yaml
 
 
@@ -45,6 +45,16 @@ def test_yaml_keys_equal_the_dataclass_fields(node_name: str) -> None:
     for group in groups:
         own = {n: values[group.parameter_name(n)] for n in group.field_names()}
         config_from_dict(group.cls, own)     # every value in the file validates
+
+
+@pytest.mark.parametrize('node_name', sorted(NODE_GROUPS))
+def test_yaml_is_the_generated_file(node_name: str) -> None:
+    """config/<node>.yaml is exactly what the dataclasses generate: defaults and help too."""
+    text = (REPO_ROOT / 'config' / f'{node_name}.yaml').read_text()
+    title = text.splitlines()[0][2:]
+    assert text == parameters_yaml(NODE_GROUPS[node_name], title), (
+        f'config/{node_name}.yaml is stale: regenerate it with vpr_ros.ros.parameters.'
+        'parameters_yaml')
 
 
 @pytest.mark.parametrize('node_name', sorted(NODE_GROUPS))
@@ -214,3 +224,13 @@ def test_launch_files_declare_arguments_for_real_parameters(node_name: str, extr
     assert 'generate_launch_description' in {f.name for f in tree.body
                                              if isinstance(f, ast.FunctionDef)}
     assert len(_calls(tree, 'DeclareLaunchArgument')) >= 2 and len(_calls(tree, 'Node')) == 1
+
+
+@pytest.mark.parametrize('node_name', sorted(NODE_GROUPS))
+def test_readme_parameter_table_is_generated(node_name: str) -> None:
+    """README.md's parameter table of each node is the one the dataclasses generate."""
+    from vpr_ros.ros.parameters import parameters_table
+    readme = (REPO_ROOT / 'README.md').read_text()
+    assert f'#### {node_name}\n\n{parameters_table(NODE_GROUPS[node_name])}' in readme, (
+        f'README.md parameter table of {node_name} is stale: regenerate it with '
+        'vpr_ros.ros.parameters.parameters_table')

@@ -158,6 +158,73 @@ def test_unknown_traversal_is_refused() -> None:
         render_traversal(SMALL, 2)
 
 
+def _length_range() -> tuple[float, float]:
+    """Return the declared ``(min, max)`` of ``RouteConfig.length_m``."""
+    field = next(f for f in dataclasses.fields(RouteConfig) if f.name == 'length_m')
+    return field.metadata['range']
+
+
+# The 2000 m scene takes about 25 s and 5 GB to build (a 9278 x 11517 floor texture); the
+# remap tests below cover its too-wide facade atlas quickly.
+@pytest.mark.parametrize('bound', [pytest.param(0, id='shortest'),
+                                   pytest.param(1, id='longest', marks=pytest.mark.slow)])
+def test_routes_at_both_ends_of_the_length_range_render(bound: int) -> None:
+    """The declared extremes of length_m build and render (2000 m: facade atlas > 32767 px)."""
+    length = _length_range()[bound]
+    outside = length - 1.0 if bound == 0 else length + 1.0
+    with pytest.raises(ConfigError, match='length_m'):
+        RouteConfig(length_m=outside)
+    config = RouteConfig(length_m=length, frames_per_traversal=2)
+    try:
+        frames = render_traversal(config, 0)
+        if bound == 1:
+            assert sample._build_scene(config).atlas[0].shape[1] > 32767
+    finally:
+        sample._build_scene.cache_clear()  # the 2000 m scene holds gigabytes
+    loop = route_polyline(config)
+    distance, _ = _nearest_on_polyline(np.array([f.pose.position[:2] for f in frames]), loop)
+    assert distance.max() < 0.1
+    for frame in frames:
+        assert frame.image.shape == (*config.image_size, 3) and frame.image.dtype == np.uint8
+        assert frame.image.std() > 10.0
+
+
+@pytest.mark.parametrize('channels', [1, 4])
+def test_tiled_remap_equals_one_remap_call(monkeypatch: pytest.MonkeyPatch,
+                                           channels: int) -> None:
+    """With tiles of 32 texels, sampling gives the bytes one cv2.remap call gives."""
+    import cv2
+    rng = np.random.default_rng(3)
+    src = rng.integers(0, 256, (70, 150, channels), dtype=np.uint8).squeeze()
+    seams = np.array([-3.0, 0.0, 31.0, 31.99, 32.0, 32.01, 63.5, 64.0, 68.9, 69.0, 69.5, 96.0,
+                      127.9, 128.0, 149.0, 149.5, 160.0])
+    seam_x, seam_y = (v.ravel() for v in np.meshgrid(seams, seams[seams < 75.0]))
+    mx = np.concatenate([rng.uniform(-5.0, 155.0, 3000), seam_x])
+    my = np.concatenate([rng.uniform(-5.0, 75.0, 3000), seam_y])
+    expected = cv2.remap(src, mx.astype(np.float32)[None], my.astype(np.float32)[None],
+                         cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    expected = expected.reshape(len(mx), channels).astype(np.float32) / 255.0
+    monkeypatch.setattr(sample, '_REMAP_MAX_SIDE', 40)
+    monkeypatch.setattr(sample, '_REMAP_TILE', 32)
+    got = sample._remap(src, mx, my)
+    assert got.shape == expected.shape and np.array_equal(got, expected)
+
+
+def test_remap_samples_a_texture_wider_and_taller_than_opencv_allows() -> None:
+    """Texels that hold their own coordinates read back the (clamped) sample positions."""
+    for rows, cols in ((3, 40000), (33000, 3)):
+        ys, xs = np.mgrid[0:rows, 0:cols].astype(np.float32)
+        src = np.dstack([xs, ys])
+        steps = np.arange(-64, 64) / 32.0  # multiples of 1/32: exact in cv2's fixed point
+        mx = np.concatenate([steps + c for c in (0.0, 16384.0, 32767.0, cols - 1.0)])
+        mx = mx if cols > rows else np.full(len(mx), 1.25)
+        my = np.concatenate([steps + r for r in (0.0, 16384.0, 32767.0, rows - 1.0)])
+        my = my if rows > cols else np.full(len(my), 1.25)
+        got = sample._remap(src, mx, my)
+        expected = np.stack([np.clip(mx, 0, cols - 1), np.clip(my, 0, rows - 1)], axis=1)
+        np.testing.assert_array_equal(got, expected.astype(np.float32))
+
+
 def _recall_at_1(query: np.ndarray, database: np.ndarray, positives: np.ndarray) -> float:
     dist = ((query[:, None] - database[None]) ** 2).sum(-1)
     best = dist.argmin(axis=1)

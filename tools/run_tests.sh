@@ -13,4 +13,5 @@ if [ "${1:-}" = "--slow" ]; then
   markers=(-m 'not gpu')
   shift
 fi
-exec "$venv/bin/python" -m pytest "${markers[@]}" "$@"
+# -rs: every skipped test says why (e.g. ../shared absent, no CUDA).
+exec "$venv/bin/python" -m pytest -rs "${markers[@]}" "$@"

@@ -20,8 +20,16 @@ indices that count as correct. The protocols follow ``shared/reference/eval.md``
 - pose-based: two frame lists with poses (:func:`pairs_from_traversals`, :func:`read_bag_pair`).
 - ``sequence``: one loop-closure sequence (``images/`` in capture order and a ground truth of
   revisits, as ``rtabmap_samples``). Every frame is a query against the frames at least
-  ``min_gap`` earlier, which the map holds by then (the map grows as in SLAM); Recall@N counts
-  the frames that revisit a place, and every other frame is a chance for a false loop closure.
+  ``min_gap`` earlier (inclusive), which the map holds by then (the map grows as in SLAM);
+  Recall@N counts the frames that revisit a place, and every other frame is a chance for a
+  false loop closure. ``exclude_recent_s`` also keeps frames stamped less than that many
+  seconds before the query out of the map (the localize node's ``exclude_recent_s``); it needs
+  frame stamps (``times``, one time in seconds per frame as KITTI ``times.txt``, or
+  ``frame_rate``).
+- ``loop-matrix``: a sequence whose ground truth is a square loop-closure matrix in a ``.mat``,
+  ``.npy`` or ``.npz`` file (``[i, j] != 0``: frames ``i`` and ``j`` show the same place).
+- ``kitti-poses``: a sequence with a KITTI pose file (one row of 12 floats, the 3x4 ``[R|t]``,
+  per frame); frames within ``radius_m`` of each other (camera centres, 3-D) are revisits.
 
 Object (pickled) ``.npy`` files are never loaded; convert them to JSON first.
 """
@@ -34,6 +42,7 @@ import logging
 import math
 import os
 from pathlib import Path
+import re
 import tempfile
 from typing import Any, Iterator, Optional, Sequence, Union
 
@@ -79,7 +88,12 @@ class EvalDataset:
         info: protocol details recorded with results (threshold, source files...).
         sequence_gap: set for a loop-closure sequence (queries and database are the same
             frames): query ``i`` is matched against database frames ``<= i - sequence_gap``
-            only, and Recall@N counts only the queries that have a positive.
+            only (inclusive), and Recall@N counts only the queries that have a positive.
+        sequence_stamps_ns: capture stamps of a sequence's frames (strictly increasing); file
+            images are otherwise stamped ``index * 100 ms``.
+        sequence_exclude_ns: a sequence's map also leaves out the frames stamped less than
+            this before the query (the localize node's ``exclude_recent_s``; 0: off). File
+            images need ``sequence_stamps_ns`` for it.
     """
 
     name: str
@@ -89,9 +103,11 @@ class EvalDataset:
     query_max_side: Optional[int] = None
     info: dict = field(default_factory=dict)
     sequence_gap: Optional[int] = None
+    sequence_stamps_ns: Optional[tuple] = None
+    sequence_exclude_ns: int = 0
 
     def __post_init__(self) -> None:
-        """Check that there is one positive list per query and every index is in range."""
+        """Check the positive lists (one per query, indices in range) and the sequence fields."""
         if len(self.positives) != len(self.queries):
             raise DatasetError(f'{self.name}: {len(self.positives)} positive lists for '
                                f'{len(self.queries)} queries')
@@ -100,6 +116,33 @@ class EvalDataset:
             if ids.size and (ids.min() < 0 or ids.max() >= len(self.database)):
                 raise DatasetError(f'{self.name}: query {q} has positive index outside '
                                    f'0..{len(self.database) - 1}')
+        self._check_sequence_fields()
+
+    def _check_sequence_fields(self) -> None:
+        sequence = self.sequence_gap is not None
+        if not sequence and (self.sequence_stamps_ns is not None or self.sequence_exclude_ns):
+            raise DatasetError(f'{self.name}: frame stamps and the recent-frame exclusion apply '
+                               'to loop-closure sequences only (sequence_gap unset)')
+        if self.sequence_stamps_ns is not None:
+            stamps = np.asarray(self.sequence_stamps_ns, dtype=np.int64)
+            if stamps.shape != (len(self.queries),):
+                raise DatasetError(f'{self.name}: {stamps.size} frame stamps for '
+                                   f'{len(self.queries)} frames')
+            if stamps.size > 1 and np.any(np.diff(stamps) <= 0):
+                bad = int(np.flatnonzero(np.diff(stamps) <= 0)[0]) + 1
+                raise DatasetError(f'{self.name}: frame stamps must increase in capture order; '
+                                   f'frame {bad} (0-based) is stamped {stamps[bad]} ns, not after '
+                                   f'{stamps[bad - 1]} ns')
+        if self.sequence_exclude_ns < 0:
+            raise DatasetError(f'{self.name}: the recent-frame exclusion must be >= 0, got '
+                               f'{self.sequence_exclude_ns} ns')
+        if (self.sequence_exclude_ns and self.sequence_stamps_ns is None
+                and not all(isinstance(f, Frame) for f in self.queries)):
+            raise DatasetError(f'{self.name}: excluding recent frames by time needs frame '
+                               'stamps, and these image files have none: give the capture '
+                               'times (a times file, one time in seconds per frame, as KITTI '
+                               'times.txt) or the frame rate, or exclude by frames with the '
+                               'minimum gap instead')
 
     @property
     def num_queries(self) -> int:
@@ -125,12 +168,34 @@ class EvalDataset:
         return load_image(self.database[index])
 
     def query_stamps_ns(self) -> np.ndarray:
-        """Return each query's stamp: the frame stamp, or ``index * 100 ms`` for files."""
-        return _stamps(self.queries)
+        """Return each query's stamp: the frame stamp, or ``index * 100 ms`` for files.
+
+        A sequence with ``sequence_stamps_ns`` returns those.
+        """
+        return _stamps(self.queries, self.sequence_stamps_ns)
 
     def database_stamps_ns(self) -> np.ndarray:
         """Return each database image's stamp (as :meth:`query_stamps_ns`)."""
-        return _stamps(self.database)
+        return _stamps(self.database, self.sequence_stamps_ns)
+
+    def sequence_map_sizes(self) -> np.ndarray:
+        """Return, per frame of a sequence, how many leading frames the map holds for it.
+
+        Frame ``i`` is matched against frames ``0 .. i - sequence_gap`` (inclusive: a frame
+        exactly ``sequence_gap`` back is in the map), and with ``sequence_exclude_ns`` only
+        against those stamped at least that long before it (a frame exactly that old is kept,
+        as the localize node keeps it). Frames are in capture order, so the map is a prefix.
+        """
+        if self.sequence_gap is None:
+            raise DatasetError(f'{self.name} is not a loop-closure sequence')
+        index = np.arange(self.num_queries, dtype=np.int64)
+        sizes = np.maximum(index - int(self.sequence_gap) + 1, 0)
+        if self.sequence_exclude_ns > 0:
+            stamps = self.query_stamps_ns()
+            old_enough = np.searchsorted(stamps, stamps - int(self.sequence_exclude_ns),
+                                         side='right')
+            sizes = np.minimum(sizes, old_enough)
+        return sizes
 
     def query_key(self, index: int) -> str:
         """Return the query's key: the file stem, or the frame's source."""
@@ -142,11 +207,11 @@ class EvalDataset:
 
     def database_frames(self) -> Iterator[Frame]:
         """Yield the database as frames, reading one file at a time."""
-        return _frames(self.database, None)
+        return _frames(self.database, None, self.sequence_stamps_ns)
 
     def query_frames(self) -> Iterator[Frame]:
         """Yield the queries as frames (resized per the protocol), reading one file at a time."""
-        return _frames(self.queries, self.query_max_side)
+        return _frames(self.queries, self.query_max_side, self.sequence_stamps_ns)
 
     def summary(self) -> dict:
         """Return the counts and protocol details for reports."""
@@ -180,21 +245,26 @@ def image_key(ref: ImageRef) -> str:
     return Path(ref).stem
 
 
-def _stamps(refs: Sequence[ImageRef]) -> np.ndarray:
+def _stamps(refs: Sequence[ImageRef], stamps: Optional[Sequence[int]] = None) -> np.ndarray:
+    if stamps is not None:
+        return np.asarray(stamps, dtype=np.int64)
     return np.array([r.stamp_ns if isinstance(r, Frame) else i * FRAME_PERIOD_NS
                      for i, r in enumerate(refs)], dtype=np.int64)
 
 
-def _frames(refs: Sequence[ImageRef], max_side: Optional[int]) -> Iterator[Frame]:
+def _frames(refs: Sequence[ImageRef], max_side: Optional[int],
+            stamps: Optional[Sequence[int]] = None) -> Iterator[Frame]:
     for index, ref in enumerate(refs):
-        if isinstance(ref, Frame) and max_side is None:
-            yield ref
-        elif isinstance(ref, Frame):
-            yield Frame(ref.stamp_ns, shrink_to_max_side(ref.image, max_side), ref.pose,
-                        ref.source)
+        stamp = None if stamps is None else int(stamps[index])
+        if isinstance(ref, Frame):
+            if max_side is None and stamp in (None, ref.stamp_ns):
+                yield ref
+            else:
+                yield Frame(ref.stamp_ns if stamp is None else stamp,
+                            shrink_to_max_side(ref.image, max_side), ref.pose, ref.source)
         else:
-            yield Frame(index * FRAME_PERIOD_NS, shrink_to_max_side(read_image_file(ref),
-                                                                    max_side), None, str(ref))
+            yield Frame(index * FRAME_PERIOD_NS if stamp is None else stamp,
+                        shrink_to_max_side(read_image_file(ref), max_side), None, str(ref))
 
 
 def _warn_counts(dataset: EvalDataset) -> EvalDataset:
@@ -666,15 +736,134 @@ def read_bag_pair(map_bag: PathLike, query_bag: PathLike, image_topic: str, pose
 
 # ------------------------------------------------------------------------- loop sequence
 
+DEFAULT_MIN_GAP = 10
+TIMES_FILE = 'times.txt'
+KITTI_IMAGE_DIRS = ('images', 'image_2', 'image_0')
+KITTI_POSE_VALUES = 12
+
+
+def sequence_dataset(name: str, frames: Sequence[ImageRef], revisits: Sequence[Sequence[int]],
+                     min_gap: int = DEFAULT_MIN_GAP, stamps_ns: Optional[Sequence[int]] = None,
+                     exclude_recent_s: float = 0.0, info: Optional[dict] = None) -> EvalDataset:
+    """Return a loop-closure sequence whose positives are the revisits its growing map holds.
+
+    Args:
+        name: the sequence name for reports.
+        frames: image paths or frames in capture order (queries and database at once).
+        revisits: per frame, the 0-based indices of the earlier frames showing its place.
+        min_gap: frame ``i`` is matched against frames ``0 .. i - min_gap`` (inclusive).
+        stamps_ns: capture stamps of file images (strictly increasing), or None.
+        exclude_recent_s: also leave out of the map the frames stamped less than this many
+            seconds before the query (a frame exactly that old stays), as the localize node's
+            ``exclude_recent_s``; needs stamps (frames, or ``stamps_ns`` for files).
+        info: protocol details recorded with results.
+
+    Revisits the map cannot hold for that frame are dropped from its positives.
+    """
+    if int(min_gap) < 1:
+        raise DatasetError(f'sequence min_gap must be at least 1 frame, got {min_gap}')
+    if not (math.isfinite(exclude_recent_s) and exclude_recent_s >= 0):
+        raise DatasetError(f'exclude_recent_s must be a finite number of seconds >= 0, got '
+                           f'{exclude_recent_s}')
+    if len(revisits) != len(frames):
+        raise DatasetError(f'{name}: {len(revisits)} revisit lists for {len(frames)} frames')
+    empty = tuple(np.empty(0, np.int64) for _ in frames)
+    dataset = EvalDataset(name, tuple(frames), tuple(frames), empty, sequence_gap=int(min_gap),
+                          sequence_stamps_ns=None if stamps_ns is None else tuple(
+                              int(s) for s in stamps_ns),
+                          sequence_exclude_ns=int(round(exclude_recent_s * 1e9)))
+    sizes = dataset.sequence_map_sizes()
+    positives = []
+    for i, ids in enumerate(revisits):
+        ids = np.unique(np.asarray(ids, dtype=np.int64).reshape(-1))
+        positives.append(ids[(ids >= 0) & (ids < sizes[i])])
+    info = {**(info or {}), 'min_gap_frames': int(min_gap),
+            'exclude_recent_s': float(exclude_recent_s),
+            'frames_with_revisits': sum(1 for p in positives if len(p))}
+    return replace(dataset, positives=tuple(positives), info=info)
+
+
+def sequence_stamps(root: PathLike, count: int, times: Optional[PathLike] = None,
+                    frame_rate: Optional[float] = None) -> tuple[Optional[tuple], str]:
+    """Return the capture stamps of ``count`` sequence frames and where they came from.
+
+    ``frame_rate`` (Hz) stamps frame ``i`` at ``i / frame_rate`` seconds; ``times`` is a file
+    (relative to ``root``) with one time in seconds per frame, as KITTI ``times.txt``; without
+    either, ``root/times.txt`` is read when it exists. Otherwise ``(None, ...)``: file images
+    are then stamped ``index * 100 ms``, which no time-based exclusion may rely on.
+    """
+    if times is not None and frame_rate is not None:
+        raise DatasetError('give either a times file or a frame rate for the frame stamps, '
+                           'not both')
+    if frame_rate is not None:
+        if not (math.isfinite(frame_rate) and frame_rate > 0):
+            raise DatasetError(f'frame rate must be a positive number of Hz, got {frame_rate}')
+        return (tuple(int(round(i * 1e9 / frame_rate)) for i in range(count)),
+                f'frame rate {frame_rate:g} Hz')
+    path = Path(root) / (TIMES_FILE if times is None else times)
+    if times is None and not path.is_file():
+        return None, 'none (file images are stamped index * 100 ms)'
+    seconds = _read_times(path, count)
+    return tuple(int(round(t * 1e9)) for t in seconds), str(path.name)
+
+
+def _read_times(path: Path, count: int) -> list[float]:
+    try:
+        lines = path.read_text(encoding='utf-8').splitlines()
+    except OSError as exc:
+        raise DatasetError(f'cannot read frame times {path}: {exc}') from exc
+    seconds = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            value = float(line)
+        except ValueError as exc:
+            raise DatasetError(f'{path}: line {number} is not one time in seconds: '
+                               f'{line.strip()[:40]!r}') from exc
+        if not math.isfinite(value):
+            raise DatasetError(f'{path}: line {number} is not a finite time: {value}')
+        seconds.append(value)
+    if len(seconds) != count:
+        raise DatasetError(f'{path} has {len(seconds)} frame times but the sequence has '
+                           f'{count} images; it needs one time per image')
+    return seconds
+
+
+def _natural_key(path: Path, folder: Path) -> list:
+    parts = re.split(r'(\d+)', path.relative_to(folder).as_posix())
+    return [(0, int(p), '') if p.isdigit() else (1, 0, p) for p in parts]
+
+
+def list_sequence_images(folder: PathLike) -> list[Path]:
+    """Return a sequence's images in capture order: by name, numbers compared by value.
+
+    ``2.png`` comes before ``10.png``; a ``<folder>_images_paths.txt`` listing is kept as is.
+    """
+    folder = Path(folder)
+    files = list_image_files(folder)
+    if (folder.parent / f'{folder.name}_images_paths.txt').is_file():
+        return files
+    return sorted(files, key=lambda p: _natural_key(p, folder))
+
+
+def _sequence_info(fmt: str, ground_truth: PathLike, image_dir: Path, stamps: str) -> dict:
+    return {'format': fmt, 'ground_truth': str(ground_truth), 'image_dir': str(image_dir),
+            'stamps': stamps}
+
+
 def read_sequence_dataset(root: PathLike, ground_truth: str = 'ground_truth.json',
-                          image_dir: str = 'images', min_gap: int = 10,
-                          name: Optional[str] = None) -> EvalDataset:
+                          image_dir: str = 'images', min_gap: int = DEFAULT_MIN_GAP,
+                          name: Optional[str] = None, times: Optional[str] = None,
+                          frame_rate: Optional[float] = None,
+                          exclude_recent_s: float = 0.0) -> EvalDataset:
     """Read a loop-closure sequence: frames in capture order and the places they revisit.
 
     The ground truth is ``{"frames": [file names in order], "loops": [{"frame": f,
     "revisits": [earlier frames]}]}`` with 1-based frame numbers (the ``rtabmap_samples``
-    layout). Frame ``i`` may only match frames ``<= i - min_gap``, so revisits closer in time
-    than that are dropped from its positives.
+    layout). Frame ``i`` may only match frames ``<= i - min_gap`` (inclusive), so revisits
+    closer in time than that are dropped from its positives. ``times``, ``frame_rate`` and
+    ``exclude_recent_s``: see :func:`sequence_stamps` and :func:`sequence_dataset`.
     """
     root = Path(root)
     if min_gap < 1:
@@ -688,37 +877,261 @@ def read_sequence_dataset(root: PathLike, ground_truth: str = 'ground_truth.json
     if missing:
         raise DatasetError(f'{root}: {len(missing)} sequence frames are missing, first '
                            f'{missing[0]}')
-    positives = _sequence_positives(data.get('loops', []), len(files), min_gap,
-                                    root / ground_truth)
-    info = {'format': 'sequence', 'ground_truth': ground_truth, 'min_gap_frames': min_gap,
-            'frames_with_revisits': sum(1 for p in positives if len(p))}
-    return EvalDataset(name or root.name, tuple(files), tuple(files), tuple(positives),
-                       info=info, sequence_gap=min_gap)
+    revisits = _sequence_revisits(data.get('loops', []), len(files), root / ground_truth)
+    stamps, source = sequence_stamps(root, len(files), times, frame_rate)
+    return sequence_dataset(name or root.name, files, revisits, min_gap, stamps,
+                            exclude_recent_s,
+                            _sequence_info('sequence', ground_truth, Path(image_dir), source))
 
 
-def _sequence_positives(loops: Any, count: int, min_gap: int, path: Path) -> list[np.ndarray]:
-    """Return 0-based positives per frame from 1-based ``{"frame", "revisits"}`` entries."""
+def _sequence_revisits(loops: Any, count: int, path: Path) -> list[np.ndarray]:
+    """Return 0-based revisits per frame from 1-based ``{"frame", "revisits"}`` entries."""
     if not isinstance(loops, list):
         raise DatasetError(f'{path}: "loops" must be a list')
-    positives = [np.empty(0, np.int64) for _ in range(count)]
+    revisits = [np.empty(0, np.int64) for _ in range(count)]
     for n, item in enumerate(loops):
         try:
             frame = int(item['frame']) - 1
-            revisits = np.asarray([int(v) - 1 for v in item['revisits']], dtype=np.int64)
+            earlier = np.asarray([int(v) - 1 for v in item['revisits']], dtype=np.int64)
         except (KeyError, TypeError, ValueError) as exc:
             raise DatasetError(f'{path}: loop entry {n} needs an integer "frame" and a list of '
                                f'integer "revisits" ({exc!r})') from exc
         if not 0 <= frame < count:
             raise DatasetError(f'{path}: loop entry {n} names frame {frame + 1} of {count}')
-        revisits = np.unique(revisits)
-        positives[frame] = revisits[(revisits >= 0) & (revisits <= frame - min_gap)]
-    return positives
+        revisits[frame] = earlier[earlier < frame]
+    return revisits
+
+
+# ------------------------------------------------------------------- loop-closure matrix
+
+def read_loop_matrix_dataset(root: PathLike, ground_truth: str, gt_key: Optional[str] = None,
+                             image_dir: str = 'images', min_gap: int = DEFAULT_MIN_GAP,
+                             name: Optional[str] = None, times: Optional[str] = None,
+                             frame_rate: Optional[float] = None,
+                             exclude_recent_s: float = 0.0) -> EvalDataset:
+    """Read a sequence whose ground truth is a square loop-closure matrix.
+
+    Args:
+        root: the sequence folder.
+        ground_truth: the matrix file, relative to ``root`` (or absolute): ``.mat``
+            (``scipy.io.loadmat``, MATLAB v5/v7; dense or sparse), ``.npy`` or ``.npz`` (read
+            without unpickling). Entry ``[i, j] != 0`` means frames ``i`` and ``j`` show the same
+            place (frame ``i`` revisits frame ``j``); either triangle may hold a pair, so a
+            symmetric matrix reads the same as its lower triangle.
+        gt_key: the variable holding the matrix; default: the only square 2-D array (1x1
+            scalars aside) in the file.
+        image_dir: the image folder under ``root``, one image per matrix row, in capture order
+            (:func:`list_sequence_images`).
+        min_gap: frame ``i`` is matched against frames ``0 .. i - min_gap`` (inclusive).
+        name: sequence name for reports (default: the folder name).
+        times: frame times file (see :func:`sequence_stamps`).
+        frame_rate: frame rate in Hz (see :func:`sequence_stamps`).
+        exclude_recent_s: see :func:`sequence_dataset`.
+    """
+    root = Path(root)
+    files = list_sequence_images(root / image_dir)
+    path = root / ground_truth
+    key, matrix = read_loop_matrix(path, gt_key)
+    if matrix.shape[0] != len(files):
+        raise DatasetError(f'{path}: the loop-closure matrix {key!r} is {matrix.shape[0]}x'
+                           f'{matrix.shape[1]} but {root / image_dir} holds {len(files)} images; '
+                           'it needs one row and one column per image')
+    loops = matrix | matrix.T
+    revisits = [np.flatnonzero(loops[i, :i]) for i in range(len(files))]
+    stamps, source = sequence_stamps(root, len(files), times, frame_rate)
+    info = _sequence_info('loop-matrix', ground_truth, Path(image_dir), source)
+    info['gt_key'] = key
+    return sequence_dataset(name or root.name, files, revisits, min_gap, stamps,
+                            exclude_recent_s, info)
+
+
+def read_loop_matrix(path: PathLike, key: Optional[str] = None) -> tuple[str, np.ndarray]:
+    """Return ``(variable name, [N, N] bool matrix of nonzero entries)`` from a matrix file.
+
+    See :func:`read_loop_matrix_dataset` for the formats and the choice of the variable.
+    """
+    path = Path(path)
+    variables = _matrix_file_variables(path)
+    if path.suffix.lower() == '.npy':
+        if key is not None:
+            LOGGER.warning('%s: a .npy file holds one array; --gt-key %s is ignored', path, key)
+        key = next(iter(variables))
+    elif key is not None:
+        if key not in variables:
+            raise DatasetError(f'{path} has no variable {key!r}; it holds '
+                               f'{_describe_variables(variables)}')
+    else:
+        square = [k for k, v in variables.items() if _is_square_matrix(v)]
+        if len(square) > 1:
+            raise DatasetError(f'{path} holds several square 2-D arrays '
+                               f'({_describe_variables({k: variables[k] for k in square})}); '
+                               'name the loop-closure matrix with --gt-key')
+        if not square and len(variables) != 1:
+            raise DatasetError(f'{path} holds no square 2-D array (a [frames, frames] '
+                               f'loop-closure matrix); it holds {_describe_variables(variables)}')
+        key = square[0] if square else next(iter(variables))
+    return key, _loop_matrix(path, key, variables[key])
+
+
+def _matrix_file_variables(path: Path) -> dict:
+    suffix = path.suffix.lower()
+    if not path.is_file():
+        raise DatasetError(f'loop-closure matrix file {path} does not exist')
+    try:
+        if suffix == '.mat':
+            try:
+                from scipy.io import loadmat
+            except ImportError as exc:
+                raise DatasetError(f'reading {path} needs scipy (pip install scipy)') from exc
+            data = loadmat(str(path))
+            return {k: v for k, v in data.items() if not k.startswith('__')}
+        if suffix == '.npy':
+            return {'array': np.load(path)}
+        if suffix == '.npz':
+            with np.load(path) as archive:
+                return {k: archive[k] for k in archive.files}
+    except NotImplementedError as exc:
+        raise DatasetError(f'cannot read {path}: {exc} (MATLAB v7.3 files are HDF5; save with '
+                           "save(..., '-v7') or convert the matrix to .npy)") from exc
+    except (OSError, ValueError, TypeError) as exc:
+        hint = '' if suffix == '.mat' else ' (object arrays are refused: never unpickled)'
+        raise DatasetError(f'cannot read a loop-closure matrix from {path}{hint}: '
+                           f'{exc}') from exc
+    raise DatasetError(f'{path}: a loop-closure matrix must be a .mat, .npy or .npz file')
+
+
+def _is_sparse(value: Any) -> bool:
+    try:
+        from scipy.sparse import issparse
+    except ImportError:
+        return False
+    return bool(issparse(value))
+
+
+def _is_square_matrix(value: Any) -> bool:
+    if not _is_sparse(value) and not (isinstance(value, np.ndarray)
+                                      and value.dtype.kind in 'biuf'):
+        return False
+    return len(value.shape) == 2 and value.shape[0] == value.shape[1] > 1
+
+
+def _describe_variables(variables: dict) -> str:
+    if not variables:
+        return 'no variables'
+    return ', '.join(f'{k} {"x".join(map(str, getattr(v, "shape", ()))) or type(v).__name__}'
+                     f'{" " + str(v.dtype) if hasattr(v, "dtype") else ""}'
+                     for k, v in variables.items())
+
+
+def _loop_matrix(path: Path, key: str, value: Any) -> np.ndarray:
+    sparse = _is_sparse(value)
+    if not sparse:
+        value = np.asarray(value)
+        if value.dtype.kind not in 'biuf':
+            raise DatasetError(f'{path}: {key!r} holds {value.dtype} values, not numbers; a '
+                               'loop-closure matrix holds 0 / nonzero per frame pair')
+    shape = tuple(value.shape)
+    if len(shape) != 2:
+        raise DatasetError(f'{path}: {key!r} has shape {shape}, but a loop-closure matrix is '
+                           '2-D: [frames, frames]')
+    if shape[0] != shape[1]:
+        raise DatasetError(f'{path}: {key!r} is not square: shape {shape}; a loop-closure '
+                           'matrix has one row and one column per frame')
+    data = value.data if sparse else value
+    if np.asarray(data).dtype.kind == 'f' and not np.all(np.isfinite(data)):
+        raise DatasetError(f'{path}: {key!r} has non-finite (NaN or infinite) entries')
+    if sparse:
+        return np.asarray(value.toarray() != 0)
+    return value != 0
+
+
+# --------------------------------------------------------------------------- KITTI poses
+
+def read_kitti_poses_dataset(root: PathLike, ground_truth: str,
+                             radius_m: float = DEFAULT_RADIUS_M,
+                             image_dir: Optional[str] = None, min_gap: int = DEFAULT_MIN_GAP,
+                             name: Optional[str] = None, times: Optional[str] = None,
+                             frame_rate: Optional[float] = None,
+                             exclude_recent_s: float = 0.0) -> EvalDataset:
+    """Read a sequence with a KITTI-style pose file; revisits are frames within ``radius_m``.
+
+    Args:
+        root: the sequence folder (KITTI: ``sequences/00``, with ``times.txt``).
+        ground_truth: the pose file, relative to ``root`` (or absolute; KITTI:
+            ``poses/00.txt``): one line per frame of 12 numbers, the row-major 3x4 ``[R|t]``
+            camera-to-world matrix.
+        radius_m: frames whose camera centres ``t`` are at most this far apart (3-D Euclidean,
+            inclusive) show the same place.
+        image_dir: the image folder under ``root``, one image per pose, in capture order
+            (:func:`list_sequence_images`); default: the first of ``images``, ``image_2``,
+            ``image_0`` that exists.
+        min_gap: frame ``i`` is matched against frames ``0 .. i - min_gap`` (inclusive).
+        name: sequence name for reports (default: the folder name).
+        times: frame times file (default ``times.txt`` when present; see
+            :func:`sequence_stamps`).
+        frame_rate: frame rate in Hz (see :func:`sequence_stamps`).
+        exclude_recent_s: see :func:`sequence_dataset`.
+    """
+    root = Path(root)
+    folder = root / image_dir if image_dir is not None else _kitti_image_dir(root)
+    files = list_sequence_images(folder)
+    path = root / ground_truth
+    positions = read_kitti_positions(path)
+    if len(positions) != len(files):
+        raise DatasetError(f'{path} has {len(positions)} poses but {folder} holds '
+                           f'{len(files)} images; it needs one pose per image')
+    within = positives_within_radius(positions, positions, radius_m)
+    revisits = [ids[ids < i] for i, ids in enumerate(within)]
+    stamps, source = sequence_stamps(root, len(files), times, frame_rate)
+    info = _sequence_info('kitti-poses', ground_truth, folder.relative_to(root), source)
+    info['positive_radius_m'] = radius_m
+    return sequence_dataset(name or root.name, files, revisits, min_gap, stamps,
+                            exclude_recent_s, info)
+
+
+def _kitti_image_dir(root: Path) -> Path:
+    for name in KITTI_IMAGE_DIRS:
+        if (root / name).is_dir():
+            return root / name
+    raise DatasetError(f'{root} has none of the image folders {", ".join(KITTI_IMAGE_DIRS)}; '
+                       'name the folder with --image-dir')
+
+
+def read_kitti_positions(path: PathLike) -> np.ndarray:
+    """Return the ``[N, 3]`` camera centres (``t`` of each 3x4 ``[R|t]`` line) of a pose file."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding='utf-8').splitlines()
+    except OSError as exc:
+        raise DatasetError(f'cannot read pose file {path}: {exc}') from exc
+    rows = []
+    for number, line in enumerate(lines, start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != KITTI_POSE_VALUES:
+            raise DatasetError(f'{path}: line {number} has {len(fields)} values, expected '
+                               f'{KITTI_POSE_VALUES} (a row-major 3x4 [R|t] pose, KITTI '
+                               'format)')
+        try:
+            values = [float(v) for v in fields]
+        except ValueError as exc:
+            raise DatasetError(f'{path}: line {number} has a value that is not a number '
+                               f'({exc})') from exc
+        if not all(math.isfinite(v) for v in values):
+            raise DatasetError(f'{path}: line {number} has a non-finite value')
+        rows.append(values)
+    if not rows:
+        raise DatasetError(f'{path} holds no pose')
+    return np.asarray(rows, dtype=np.float64).reshape(-1, 3, 4)[:, :, 3]
 
 
 # ------------------------------------------------------------------------------ dispatcher
 
 FORMATS = ('folder', 'index-list', 'nordland', 'msls-val', 'msls-test', 'pitts', 'tokyo',
-           'bags', 'sequence')
+           'bags', 'sequence', 'loop-matrix', 'kitti-poses')
+SEQUENCE_FORMATS = ('sequence', 'loop-matrix', 'kitti-poses')
+"""The formats read as one loop-closure sequence (the map grows as the frames come)."""
 
 
 def load_dataset(fmt: str, path: PathLike, **options: Any) -> EvalDataset:
@@ -731,7 +1144,8 @@ def load_dataset(fmt: str, path: PathLike, **options: Any) -> EvalDataset:
     readers = {'folder': read_folder_dataset, 'index-list': read_index_list_dataset,
                'nordland': read_nordland, 'msls-val': read_msls_val,
                'msls-test': read_msls_test, 'pitts': read_pittsburgh, 'tokyo': read_tokyo247,
-               'sequence': read_sequence_dataset}
+               'sequence': read_sequence_dataset, 'loop-matrix': read_loop_matrix_dataset,
+               'kitti-poses': read_kitti_poses_dataset}
     if fmt == 'bags':
         options = dict(options)
         query_bag = options.pop('query_bag', None)

@@ -17,9 +17,10 @@ INDEX_KINDS = ('flat', 'hnsw', 'ivfpq')
 DEFAULT_MODEL = 'pairvpr_lite'
 """Registry model used when none is named (with its shipped trained pair classifier)."""
 DEVICES = ('auto', 'cpu', 'cuda')
-BACKENDS = ('torch', 'onnx', 'tensorrt')
+BACKENDS = ('auto', 'torch', 'onnx', 'tensorrt')
 ACCELERATIONS = ('none', 'compile', 'cuda_graphs')
 PRECISIONS = ('fp32', 'fp16', 'bf16')
+VERIFY_MODELS = ('affine', 'homography', 'fundamental')
 
 
 def option(default: Any, help_text: str, value_range: tuple | None = None,
@@ -61,7 +62,7 @@ class IndexConfig:
     refine_k: int = option(100, 'IVF-PQ: re-score this many approximate candidates exactly '
                            'from the stored descriptors (0 = off)', (0, 100000))
     use_gpu: bool = option(True, 'use faiss GPU when it is installed and CUDA is present')
-    search_threads: int = option(1, 'OpenMP threads for FAISS on the CPU (process-wide; 0 keeps '
+    search_threads: int = option(1, 'OpenMP threads for one FAISS search on the CPU (0 keeps '
                                  'the FAISS default of one per core)', (0, 1024))
 
     def __post_init__(self) -> None:
@@ -97,13 +98,25 @@ class LocalizerConfig:
     temporal_max_id_gap: int = option(3, 'for map places without a pose: consecutive matches '
                                       'agree when their map ids (insertion order, i.e. recording '
                                       'order) are at most this far apart', (0, 10 ** 9))
+    verify_top_n: int = option(0, 'geometric verification of the best N ranked candidates: '
+                               'RANSAC on the mutual nearest neighbours of the query and map '
+                               'token grids; Candidate.inliers reports the count (0 = off)',
+                               (0, 10000))
+    min_inliers: int = option(0, 'with verification on, a best match with fewer geometric '
+                              'inliers is not accepted (reason "few inliers")', (0, 100000))
+    verify_model: str = option('affine', 'geometric model of the verification: affine, '
+                               'homography or fundamental (USAC MAGSAC)', choices=VERIFY_MODELS)
+    verify_threshold: float = option(1.0, 'RANSAC inlier distance of the verification, in token '
+                                     'grid cells', (0.01, 100.0))
     batch_size: int = option(16, 'images per descriptor-extraction batch', (1, 1024))
     device: str = option('auto', 'inference device: auto, cpu or cuda', choices=DEVICES)
     precision: str = option('fp32', 'autocast precision on CUDA: fp32, fp16 or bf16 (bf16 also '
                             'runs the torch backend in bfloat16 on a CPU)', choices=PRECISIONS)
-    backend: str = option('torch', 'inference backend: torch (PyTorch), onnx (onnxruntime; CUDA '
-                          'provider on GPUs, else CPU) or tensorrt (onnxruntime TensorRT '
-                          'provider, fp16 engines cached)', choices=BACKENDS)
+    backend: str = option('auto', 'inference backend: auto (onnx when onnxruntime is installed '
+                          'and the exported graphs match PyTorch, else torch), torch '
+                          '(PyTorch), onnx (onnxruntime; CUDA provider on GPUs, else CPU) or '
+                          'tensorrt (onnxruntime TensorRT provider, fp16 engines cached)',
+                          choices=BACKENDS)
     backend_cache_dir: str = option('', 'exported ONNX graphs and TensorRT engines ("" = '
                                     '$VPR_ROS_CACHE/onnx or ~/.cache/vpr_ros/onnx)')
     accelerate: str = option('none', 'torch backend on CUDA: none, compile (torch.compile) or '

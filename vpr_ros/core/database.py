@@ -69,6 +69,7 @@ from vpr_ros.core.errors import (CheckpointError, ConfigError, MapChangedError, 
 from vpr_ros.core.geometry import Pose
 from vpr_ros.core.index_layout import check_index_bytes
 from vpr_ros.core.models.spec import ModelSpec
+from vpr_ros.core.openmp import faiss_threads
 
 LOG = logging.getLogger(__name__)
 
@@ -237,10 +238,6 @@ def _structure(config: IndexConfig) -> tuple:
 
 
 def _set_search_params(index: faiss.Index, config: IndexConfig) -> None:
-    if config.search_threads > 0:
-        # Process-wide: OpenMP spin-waits make multi-threaded single-query search several times
-        # slower when other work shares the CPU (a robot's usual state).
-        faiss.omp_set_num_threads(config.search_threads)
     index = faiss.downcast_index(index)
     if isinstance(index, faiss.IndexHNSW):
         index.hnsw.efSearch = config.hnsw_ef_search
@@ -669,7 +666,7 @@ class MapDatabase:
             raise MapError(f'search k must be a positive integer, got {k!r}')
         sims = np.full((len(q), int(k)), -np.inf, dtype=np.float32)
         ids = np.full((len(q), int(k)), -1, dtype=np.int64)
-        with self._lock:
+        with self._lock, faiss_threads(self._config.search_threads):
             kk = min(int(k), len(self._entries))
             if kk and len(q):
                 sims[:, :kk], ids[:, :kk] = self._search(q, kk)

@@ -11,8 +11,13 @@ The pipeline is the one the ROS node runs (:class:`~vpr_ros.core.localizer.Local
    (calibration), and per-stage latency percentiles.
 
 A loop-closure sequence (``EvalDataset.sequence_gap``) runs :func:`localize_sequence` instead of
-steps 1-2: each frame is localized against the frames at least ``sequence_gap`` earlier, then the
-map grows, as loop-closure detection runs inside SLAM.
+steps 1-2: each frame is localized against the frames at least ``sequence_gap`` earlier (and,
+with ``sequence_exclude_ns``, stamped at least that long before it), then the map grows, as
+loop-closure detection runs inside SLAM.
+
+Every query keeps the localizer's accept decision (probability threshold and temporal check):
+``metrics.json`` counts the accepted and the wrongly accepted best matches
+(``loop_closure.at_threshold``), and ``predictions.csv`` has the decision per query.
 
 A live replay recorded from the node (``(query_stamp_ns, ranked map ids, scores)`` tuples) is
 scored by the same :func:`score_matches`, so offline and live numbers are comparable.
@@ -67,6 +72,7 @@ class Match:
             re-ranked).
         timings_ms: per-stage latencies of this query.
         accepted: the localizer's accept decision (None when unknown).
+        reason: why it was accepted or rejected (``LocalizationResult.reason``; '' unknown).
     """
 
     query_stamp_ns: int
@@ -76,6 +82,7 @@ class Match:
     global_map_ids: Optional[tuple] = None
     timings_ms: Mapping[str, float] = field(default_factory=dict)
     accepted: Optional[bool] = None
+    reason: str = ''
 
 
 MatchLike = Union[Match, Sequence]
@@ -87,6 +94,10 @@ class EvalResult:
 
     ``predictions`` / ``scores`` are ``[Q, K]`` database indices (``-1`` padded) and scores
     (NaN padded); ``first_positive_rank`` is ``-1`` for queries never matched correctly.
+    Per query, ``best_probability`` is the best match's probability (NaN: none),
+    ``accepted`` the accept decision (None: no decision known) taken as ``accept_source``
+    says (``'localizer decision'`` or ``'score >= threshold'``), and ``reasons`` the
+    localizer's reason ('' when unknown).
     """
 
     dataset: EvalDataset
@@ -103,6 +114,10 @@ class EvalResult:
     first_positive_rank_before_rerank: Optional[np.ndarray] = None
     latency_samples: dict = field(default_factory=dict)
     calibration: dict = field(default_factory=dict)
+    best_probability: Optional[np.ndarray] = None
+    accepted: tuple = ()
+    accept_source: Optional[str] = None
+    reasons: tuple = ()
 
     def summary_line(self) -> str:
         """Return the VPR-methods-evaluation line ``R@1: 68.5, R@5: ...``."""
@@ -211,13 +226,15 @@ def localize_sequence(localizer: Localizer, dataset: EvalDataset,
     """Run the loop-closure protocol on a sequence dataset (``dataset.sequence_gap`` set).
 
     Every frame is described once; frame ``i`` is then localized against the map holding
-    frames ``0 .. i - gap`` and frame ``i - gap + 1`` joins the map before the next query.
+    frames ``0 .. i - gap`` (inclusive; with ``dataset.sequence_exclude_ns`` only the frames
+    stamped at least that long before frame ``i``: :meth:`EvalDataset.sequence_map_sizes`),
+    and the map grows before the next query.
 
     Returns:
         ``(map_ids, results, per-image describe milliseconds)``; ``map_ids[j]`` is the map id
         of frame ``j`` (frames never added are absent).
     """
-    gap = int(dataset.sequence_gap)
+    sizes = dataset.sequence_map_sizes()
     localizer.reset_temporal()
     frames = list(_wrap(progress, dataset.query_frames(), 'sequence', dataset.num_queries))
     start = time.perf_counter()
@@ -225,9 +242,10 @@ def localize_sequence(localizer: Localizer, dataset: EvalDataset,
     describe_ms = (time.perf_counter() - start) * 1e3 / max(len(frames), 1)
     ids, results = [], []
     for i, frame in enumerate(frames):
-        if i >= gap:
-            ids.append(_add_described(localizer, frames[i - gap], descriptors[i - gap],
-                                      None if tokens is None else tokens[i - gap]))
+        while len(ids) < sizes[i]:
+            j = len(ids)
+            ids.append(_add_described(localizer, frames[j], descriptors[j],
+                                      None if tokens is None else tokens[j]))
         results.append(localizer.rank(descriptors[i], None if tokens is None else tokens[i],
                                       int(frame.stamp_ns), describe_ms))
     return np.asarray(ids, dtype=np.int64), results, [describe_ms] * len(frames)
@@ -254,7 +272,7 @@ def match_from_result(result: LocalizationResult) -> Match:
     best = result.best
     return Match(int(result.stamp_ns), tuple(c.map_id for c in candidates), scores,
                  best.probability if best is not None else float('nan'), global_ids,
-                 dict(result.timings_ms), bool(result.accepted))
+                 dict(result.timings_ms), bool(result.accepted), str(result.reason))
 
 
 def evaluate(localizer_or_model: Union[Localizer, VprModel], dataset: EvalDataset,
@@ -372,8 +390,10 @@ def score_matches(matches: Iterable[MatchLike], dataset: EvalDataset,
             (:meth:`EvalDataset.query_stamps_ns`).
         map_ids: ``map_ids[j]`` is the map id of database image ``j`` (default: ``j``).
         recall_values: the ``N`` of Recall@N.
-        accept_threshold: also report precision/recall of the matches accepted at this
-            probability (or score, when no probability was recorded).
+        accept_threshold: also report the accepted matches (``loop_closure.at_threshold``:
+            how many, how many wrong, precision, recall): the localizer's decisions when
+            every match recorded one, else the matches whose probability (or score, when no
+            probability was recorded) reaches this threshold.
         settings: free-form details stored with the result.
     """
     rows = _query_rows([_as_match(m) for m in matches], dataset)
@@ -388,8 +408,10 @@ def score_matches(matches: Iterable[MatchLike], dataset: EvalDataset,
         global_preds = _ranked_indices(rows, to_index, width, 'global_map_ids')
         before = recall_at_n(global_preds, positives, recall_values, skip)
         before_ranks = first_positive_ranks(global_preds, positives)
-    loop, curve = _loop_closure(rows, preds, positives, accept_threshold)
+    loop, curve, accepted, source = _loop_closure(rows, preds, positives, accept_threshold)
     samples = _latency_samples(rows)
+    probability = np.array([m.probability if m is not None and m.map_ids else np.nan
+                            for m in rows], dtype=np.float64)
     return EvalResult(
         dataset=dataset, recall_values=tuple(recall_values),
         recalls=recall_at_n(preds, positives, recall_values, skip),
@@ -397,8 +419,10 @@ def score_matches(matches: Iterable[MatchLike], dataset: EvalDataset,
         first_positive_rank=first_positive_ranks(preds, positives), loop_closure=loop,
         pr_curve=curve, latency_ms={k: latency_percentiles(v) for k, v in samples.items()},
         settings=dict(settings or {}), first_positive_rank_before_rerank=before_ranks,
-        latency_samples=samples, calibration=_calibration(rows, preds, positives,
-                                                          accept_threshold))
+        latency_samples=samples,
+        calibration=_calibration(rows, preds, positives, accept_threshold),
+        best_probability=probability, accepted=tuple(accepted), accept_source=source,
+        reasons=tuple('' if m is None else m.reason for m in rows))
 
 
 def best_match_outcomes(rows: list, preds: np.ndarray,
@@ -427,15 +451,23 @@ def _calibration(rows: list, preds: np.ndarray, positives: Sequence,
 
 
 def _loop_closure(rows: list, preds: np.ndarray, positives: Sequence,
-                  accept_threshold: Optional[float]) -> tuple[dict, tuple]:
-    """Precision-recall of accepting the best match by probability (or by best score)."""
+                  accept_threshold: Optional[float]) -> tuple[dict, tuple, list, Optional[str]]:
+    """Precision-recall of accepting the best match by probability (or by best score).
+
+    Returns:
+        ``(numbers, (precision, recall, thresholds), per-query decisions, decision source)``
+        (see :func:`accept_decisions`).
+    """
     use_probability = any(m is not None and not math.isnan(m.probability) for m in rows)
-    best, correct = [], []
+    values = np.full(len(rows), np.nan)
+    answered, correct = [], []
     for q, match in enumerate(rows):
         if match is None or not match.map_ids:
             continue
-        best.append(match.probability if use_probability else match.scores[0])
+        values[q] = match.probability if use_probability else match.scores[0]
+        answered.append(q)
         correct.append(bool(np.isin(preds[q, 0], positives[q])))
+    best = values[answered]
     with_match = sum(1 for p in positives if len(p))
     precision, recall, thresholds = precision_recall(best, correct, num_positives=with_match)
     f1, f1_threshold = best_f1(precision, recall, thresholds)
@@ -444,23 +476,50 @@ def _loop_closure(rows: list, preds: np.ndarray, positives: Sequence,
             'auc': pr_auc(precision, recall),
             'max_recall_at_100_precision': max_recall_at_full_precision(precision, recall),
             'best_f1': f1, 'best_f1_threshold': f1_threshold}
+    accepted, source = accept_decisions(rows, values, accept_threshold)
     if accept_threshold is not None:
-        loop['at_threshold'] = _at_threshold(rows, best, correct, with_match, accept_threshold)
-    return loop, (precision, recall, thresholds)
+        loop['at_threshold'] = _at_threshold([accepted[q] for q in answered], correct,
+                                             with_match, accept_threshold, source)
+    return loop, (precision, recall, thresholds), accepted, source
 
 
-def _at_threshold(rows: list, best: list, correct: list, with_match: int,
-                  threshold: float) -> dict:
-    decisions = [m.accepted for m in rows if m is not None and m.map_ids]
-    if all(d is not None for d in decisions) and decisions:
-        accepted = np.asarray(decisions, dtype=bool)
-        source = 'localizer decision'
-    else:
-        accepted = np.asarray(best, dtype=float) >= threshold
+def accept_decisions(rows: Sequence[Optional[Match]], values: Sequence[float],
+                     threshold: Optional[float]) -> tuple[list, Optional[str]]:
+    """Return each query's accept decision and where the decisions come from.
+
+    The localizer's own decisions (``'localizer decision'``: probability threshold and
+    temporal check) when every answered query recorded one; else ``values[q] >= threshold``
+    (``'score >= threshold'``; NaN never accepts); with neither, ``None`` for every query. A
+    query without a result gets ``None``, one with an empty ranking ``False``.
+    """
+    answered = [m for m in rows if m is not None and m.map_ids]
+    if answered and all(m.accepted is not None for m in answered):
+        source: Optional[str] = 'localizer decision'
+    elif threshold is not None:
         source = 'score >= threshold'
-    hits = int(np.sum(accepted & np.asarray(correct, dtype=bool)))
-    count = int(accepted.sum())
+    else:
+        return [None] * len(rows), None
+    decisions: list = []
+    for match, value in zip(rows, values):
+        if match is None:
+            decisions.append(None)
+        elif not match.map_ids:
+            decisions.append(False)
+        elif source == 'localizer decision':
+            decisions.append(bool(match.accepted))
+        else:
+            decisions.append(bool(value >= threshold))
+    return decisions, source
+
+
+def _at_threshold(accepted: list, correct: list, with_match: int, threshold: float,
+                  source: Optional[str]) -> dict:
+    """Count the accepted best matches, the correct and the wrong ones, precision and recall."""
+    decided = np.asarray(accepted, dtype=bool)
+    hits = int(np.sum(decided & np.asarray(correct, dtype=bool)))
+    count = int(decided.sum())
     return {'threshold': float(threshold), 'source': source, 'accepted': count,
+            'correct_accepted': hits, 'wrong_accepted': count - hits,
             'precision': hits / count if count else float('nan'),
             'recall': hits / with_match if with_match else 0.0}
 
@@ -661,7 +720,9 @@ def summary_markdown(result: EvalResult) -> str:
         lines.append('| before re-ranking | ' + ' | '.join(
             f'{v:.2f}' for v in result.recalls_before_rerank.values()) + ' |')
     lines += ['', '## Loop closure', '']
-    lines += [f'- {k}: {_fmt(v)}' for k, v in result.loop_closure.items()]
+    lines += [f'- {k}: {_fmt(v)}' for k, v in result.loop_closure.items()
+              if k != 'at_threshold']
+    lines += _decision_lines(result.loop_closure.get('at_threshold'))
     if result.calibration:
         table = result.calibration['reliability']
         lines += ['', '## Calibration of the best match probability', '',
@@ -680,6 +741,20 @@ def summary_markdown(result: EvalResult) -> str:
     return '\n'.join(lines) + '\n'
 
 
+def _decision_lines(decision: Optional[dict]) -> list:
+    """Return the Markdown table of the accept decision (accepted, correct, wrong)."""
+    if not decision:
+        return []
+    return ['', f'### Accept decision ({decision["source"]}, threshold '
+                f'{decision["threshold"]:g})', '',
+            '| accepted | correct | wrong | precision | recall |', '|---|---|---|---|---|',
+            f'| {decision["accepted"]} | {decision["correct_accepted"]} | '
+            f'{decision["wrong_accepted"]} | {_fmt(decision["precision"])} | '
+            f'{_fmt(decision["recall"])} |', '',
+            'Wrong accepts are accepted best matches that are no true match (false loop '
+            'closures); `predictions.csv` lists them (`accepted` 1, `correct` 0).']
+
+
 def _fmt(value: Any) -> str:
     if isinstance(value, dict):
         return ', '.join(f'{k}={_fmt(v)}' for k, v in value.items())
@@ -688,17 +763,38 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+PREDICTION_COLUMNS = ('query', 'key', 'stamp_ns', 'first_positive_rank', 'database_ids',
+                      'scores', 'probability', 'accepted', 'correct', 'reason')
+"""``predictions.csv`` columns; ``accepted``/``correct`` are 1/0, empty when unknown."""
+
+
 def predictions_csv(result: EvalResult) -> str:
-    """Return one CSV row per query: index, key, stamp, first correct rank, ranked ids, scores."""
+    """Return one CSV row per query (:data:`PREDICTION_COLUMNS`).
+
+    ``first_positive_rank`` is 0-based (-1: no correct match in the ranking);
+    ``database_ids`` and ``scores`` are space-separated, best first; ``probability`` is the
+    best match's calibrated probability (empty when unknown); ``accepted`` the accept
+    decision (``result.accept_source``: the localizer's, or probability >= threshold);
+    ``correct`` whether the best match is a true match (empty without a match), so the wrong
+    accepts are the rows with ``accepted`` 1 and ``correct`` 0; ``reason`` the localizer's
+    reason (``accepted``, ``below threshold``, ``temporal``, ``empty map``).
+    """
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator='\n')
-    writer.writerow(['query', 'key', 'stamp_ns', 'first_positive_rank', 'database_ids',
-                     'scores'])
+    writer.writerow(PREDICTION_COLUMNS)
     stamps = result.dataset.query_stamps_ns()
-    for q in range(result.dataset.num_queries):
+    count = result.dataset.num_queries
+    probability = (result.best_probability if result.best_probability is not None
+                   else np.full(count, np.nan))
+    accepted = result.accepted or (None,) * count
+    reasons = result.reasons or ('',) * count
+    for q in range(count):
         ids = [int(j) for j in result.predictions[q] if j >= 0]
         scores = [f'{s:.6f}' for s in result.scores[q, :len(ids)]]
+        correct = '' if not ids else int(result.first_positive_rank[q] == 0)
         writer.writerow([q, result.dataset.query_key(q), int(stamps[q]),
                          int(result.first_positive_rank[q]), ' '.join(map(str, ids)),
-                         ' '.join(scores)])
+                         ' '.join(scores),
+                         '' if math.isnan(probability[q]) else f'{probability[q]:.6f}',
+                         '' if accepted[q] is None else int(accepted[q]), correct, reasons[q]])
     return buffer.getvalue()

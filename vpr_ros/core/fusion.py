@@ -62,12 +62,15 @@ class RerankScoring:
         beta: weight of the global similarity in the ``fused`` score (0 otherwise).
         calibration: maps :meth:`score` to P(same place); None when never fitted.
         fitted_on: where ``beta`` and ``calibration`` were chosen (free text, for reports).
+        global_calibration: maps the global similarity alone to P(same place), for a
+            localizer that does not re-rank; None when never fitted.
     """
 
     fusion: str = 'pair'
     beta: float = 0.0
     calibration: Optional[Calibration] = None
     fitted_on: str = ''
+    global_calibration: Optional[Calibration] = None
 
     def __post_init__(self) -> None:
         """Check the fusion name and that beta and the calibration are finite and monotone."""
@@ -76,12 +79,13 @@ class RerankScoring:
         if not (math.isfinite(self.beta) and self.beta >= 0.0):
             raise ConfigError(f'rerank_scoring.beta must be a finite number >= 0, '
                               f'got {self.beta!r}')
-        calibration = self.calibration
-        if calibration is not None and not (
-                math.isfinite(calibration.scale) and math.isfinite(calibration.offset)
-                and calibration.scale > 0.0):
-            raise ConfigError('rerank_scoring.calibration must have a finite scale > 0 (a '
-                              f'probability that rises with the score), got {calibration}')
+        for name in ('calibration', 'global_calibration'):
+            calibration = getattr(self, name)
+            if calibration is not None and not (
+                    math.isfinite(calibration.scale) and math.isfinite(calibration.offset)
+                    and calibration.scale > 0.0):
+                raise ConfigError(f'rerank_scoring.{name} must have a finite scale > 0 (a '
+                                  f'probability that rises with the score), got {calibration}')
 
     def score(self, pair_score: np.ndarray, global_similarity: np.ndarray) -> np.ndarray:
         """Return the ranking score this scoring describes (see :func:`fuse_scores`)."""
@@ -95,12 +99,11 @@ class RerankScoring:
 
     def to_json(self) -> str:
         """Serialise to the JSON stored in checkpoint metadata."""
-        calibration = None
-        if self.calibration is not None:
-            calibration = {'kind': 'logistic', 'scale': self.calibration.scale,
-                           'offset': self.calibration.offset}
-        return json.dumps({'fusion': self.fusion, 'beta': self.beta, 'calibration': calibration,
-                           'fitted_on': self.fitted_on}, sort_keys=True)
+        data = {'fusion': self.fusion, 'beta': self.beta,
+                'calibration': _calibration_json(self.calibration), 'fitted_on': self.fitted_on}
+        if self.global_calibration is not None:
+            data['global_calibration'] = _calibration_json(self.global_calibration)
+        return json.dumps(data, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> 'RerankScoring':
@@ -111,13 +114,15 @@ class RerankScoring:
             raise ConfigError(f'rerank_scoring is not valid JSON: {exc}') from exc
         if not isinstance(data, dict):
             raise ConfigError('rerank_scoring must be a JSON object')
-        unknown = sorted(set(data) - {'fusion', 'beta', 'calibration', 'fitted_on'})
+        unknown = sorted(set(data) - {'fusion', 'beta', 'calibration', 'fitted_on',
+                                      'global_calibration'})
         if unknown:
             raise ConfigError(f'rerank_scoring has unknown fields {unknown}')
         try:
             return cls(fusion=str(data['fusion']), beta=_number(data['beta'], 'beta'),
                        calibration=_calibration(data.get('calibration')),
-                       fitted_on=str(data.get('fitted_on', '')))
+                       fitted_on=str(data.get('fitted_on', '')),
+                       global_calibration=_calibration(data.get('global_calibration')))
         except KeyError as exc:
             raise ConfigError(f'rerank_scoring lacks the field {exc}') from exc
 
@@ -127,6 +132,13 @@ def _number(value: object, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigError(f'rerank_scoring.{name} must be a number, got {value!r}')
     return float(value)
+
+
+def _calibration_json(calibration: Optional[Calibration]) -> Optional[dict]:
+    """Return the JSON form of a logistic calibration (None stays None)."""
+    if calibration is None:
+        return None
+    return {'kind': 'logistic', 'scale': calibration.scale, 'offset': calibration.offset}
 
 
 def _calibration(data: object) -> Optional[Calibration]:

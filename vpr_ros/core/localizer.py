@@ -20,6 +20,7 @@ from vpr_ros.core.geometry import Pose
 from vpr_ros.core.models.backend import apply_backend
 from vpr_ros.core.models.vpr_model import VprModel
 from vpr_ros.core.preprocessing import preprocess
+from vpr_ros.core.verification import count_inliers, NOT_VERIFIED, token_grid
 
 LOG = logging.getLogger(__name__)
 
@@ -29,7 +30,8 @@ class Candidate:
     """One ranked map candidate for a query.
 
     ``score`` is what the ranking sorts by: the fused, pair or global score of the localizer's
-    ``rerank_fusion`` when re-ranked, else the global similarity.
+    ``rerank_fusion`` when re-ranked, else the global similarity. ``inliers`` is the geometric
+    verification's inlier count (``verify_top_n`` best candidates), -1 when not verified.
     """
 
     map_id: int
@@ -39,6 +41,7 @@ class Candidate:
     probability: float
     pose: Optional[Pose]
     score: float = math.nan
+    inliers: int = NOT_VERIFIED
 
 
 @dataclass(frozen=True)
@@ -93,21 +96,31 @@ class Localizer:
                 f'map built by {database.spec.architecture} ({database.spec.digest()}), model is '
                 f'{model.spec.architecture} ({model.spec.digest()})')
         self._device = select_device(config.device)
+        self._grid = token_grid(model) if model.spec.num_tokens else None
         model = apply_backend(model, config.backend, config.backend_cache_dir or None,
                               config.device, config.precision, accelerate=config.accelerate)
         self._model = model.to(self._device).eval()
         self._database = database
         self._config = config
         self._calibration = calibration
+        stored = getattr(self._model, 'rerank_scoring', None)
+        self._global_calibration = calibration or getattr(stored, 'global_calibration', None)
+        self._global_warned = False
         self._scoring = self._plan_scoring(config)
         self._lock = threading.Lock()
         self._model_lock = threading.Lock()
         self._history: deque = deque(maxlen=max(config.temporal_window, 1))
+        self._warn_unverifiable(config)
 
     @property
     def model(self) -> VprModel:
         """Return the descriptor / pair-classifier model."""
         return self._model
+
+    @property
+    def backend(self) -> str:
+        """Return the inference backend that runs (``auto`` resolved): torch, onnx, tensorrt."""
+        return self._model.backend
 
     @property
     def database(self) -> MapDatabase:
@@ -140,9 +153,23 @@ class Localizer:
         return (self._config.rerank and self._model.spec.has_pair_classifier
                 and self._database.has_tokens)
 
+    @property
+    def can_verify(self) -> bool:
+        """Return True when geometric verification is on and the map stores tokens."""
+        return (self._config.verify_top_n > 0 and self._grid is not None
+                and self._database.has_tokens)
+
+    def _warn_unverifiable(self, config: LocalizerConfig) -> None:
+        """Warn when verification is on but cannot run (every match then fails min_inliers)."""
+        if config.verify_top_n > 0 and (self._grid is None or not self._database.has_tokens):
+            refused = ', so no match is accepted' if config.min_inliers else ''
+            LOG.warning('verify_top_n %d: the map stores no tokens, so no candidate can be '
+                        'verified%s', config.verify_top_n, refused)
+
     def update_config(self, config: LocalizerConfig) -> None:
         """Replace thresholds, top-K, fusion and other run-time options (the device stays)."""
         scoring = self._plan_scoring(config)
+        self._warn_unverifiable(config)
         with self._lock:
             if config.temporal_window != self._config.temporal_window:
                 self._history = deque(maxlen=max(config.temporal_window, 1))
@@ -232,8 +259,13 @@ class Localizer:
             pair = self.score_pairs(tokens, ids)
         timings['rerank'] = (time.perf_counter() - t0) * 1e3
         candidates = self._candidates(ids, sims, pair)
+        if config.verify_top_n > 0:
+            t0 = time.perf_counter()
+            if tokens is not None and self.can_verify:
+                candidates = self.verify(tokens, candidates, config)
+            timings['verify'] = (time.perf_counter() - t0) * 1e3
         timings['total'] = sum(timings.values())
-        accepted, reason = self._decide(candidates[0])
+        accepted, reason = self._decide(candidates[0], config)
         return LocalizationResult(stamp_ns, candidates, accepted, reason, timings)
 
     def score_pairs(self, query_tokens: np.ndarray, map_ids: np.ndarray) -> np.ndarray:
@@ -248,6 +280,23 @@ class Localizer:
                 score = self._model.score_candidates(query.float(), candidates.float())
             scores.append(score.float().cpu().numpy())
         return np.concatenate(scores).astype(np.float64)
+
+    def verify(self, query_tokens: np.ndarray, candidates: Sequence[Candidate],
+               config: Optional[LocalizerConfig] = None) -> tuple[Candidate, ...]:
+        """Return ``candidates`` with the inlier counts of the first ``verify_top_n`` set.
+
+        The order is kept. Geometric verification (:mod:`vpr_ros.core.verification`) of the
+        query tokens ``[N, C]`` against the map tokens of each candidate.
+        """
+        config = config or self._config
+        count = min(config.verify_top_n, len(candidates))
+        if count == 0 or self._grid is None:
+            return tuple(candidates)
+        ids = np.array([c.map_id for c in candidates[:count]], np.int64)
+        inliers = count_inliers(query_tokens, self._database.tokens(ids), self._grid,
+                                config.verify_model, config.verify_threshold)
+        verified = [replace(c, inliers=int(n)) for c, n in zip(candidates, inliers)]
+        return tuple(verified) + tuple(candidates[count:])
 
     def _candidates(self, ids: np.ndarray, sims: np.ndarray,
                     pair: np.ndarray) -> tuple[Candidate, ...]:
@@ -264,22 +313,40 @@ class Localizer:
     def _scores(self, sims: np.ndarray, pair: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Return the ranking score and probability of each candidate."""
         if np.isnan(pair).all():
-            calibration = self._calibration or GLOBAL_SIMILARITY_CALIBRATION
-            return sims, calibration.probability(sims)
+            return sims, self._global_probability(sims)
         scoring = self._scoring
         score = scoring.score(pair, sims)
         return score, scoring.probability(pair, sims, score)
 
-    def _decide(self, best: Candidate) -> tuple[bool, str]:
+    def _global_probability(self, sims: np.ndarray) -> np.ndarray:
+        """Return P(same place) of global similarities (not re-ranked shortlists)."""
+        calibration = self._global_calibration
+        if calibration is None:
+            if not self._global_warned:
+                self._global_warned = True
+                LOG.warning('%s: no calibration of the global similarity in the checkpoint; '
+                            'probabilities of matches that are not re-ranked use a generic '
+                            'default (%s)', self._model.spec.architecture,
+                            GLOBAL_SIMILARITY_CALIBRATION)
+            calibration = GLOBAL_SIMILARITY_CALIBRATION
+        return calibration.probability(sims)
+
+    def _decide(self, best: Candidate,
+                config: Optional[LocalizerConfig] = None) -> tuple[bool, str]:
         """Accept ``best`` when its probability reaches the threshold and recent matches agree.
+
+        With ``verify_top_n`` > 0 it also needs ``min_inliers`` geometric inliers (a candidate
+        that could not be verified counts as none), else the reason is ``few inliers``.
 
         With ``temporal_window`` N > 0 the best candidates of the last N queries that passed
         the threshold must all agree with this one: within ``temporal_max_distance_m`` when
         both map places have a pose, else with map ids at most ``temporal_max_id_gap`` apart.
         """
-        config = self._config
+        config = config or self._config
         if best.probability < config.accept_probability:
             return False, 'below threshold'
+        if config.verify_top_n > 0 and max(best.inliers, 0) < config.min_inliers:
+            return False, 'few inliers'
         if config.temporal_window == 0:
             return True, 'accepted'
         with self._lock:
@@ -315,15 +382,18 @@ def places_agree(first: Candidate, second: Candidate, config: LocalizerConfig) -
 
 
 def load_model(checkpoint: Optional[str] = None, model: Optional[str] = None) -> VprModel:
-    """Load ``checkpoint`` (our safetensors format) or the registry model ``model``.
+    """Load ``checkpoint`` or the registry model ``model``.
 
-    A registry model comes with its shipped trained weights when it has them
+    ``checkpoint`` is a vpr_ros safetensors checkpoint or an official Pair-VPR release file,
+    converted in memory (:func:`~vpr_ros.core.models.conversion.load_any_checkpoint`). A
+    registry model comes with its shipped trained weights when it has them
     (:func:`~vpr_ros.core.models.checkpoint.load_pretrained`); the default is
     :data:`DEFAULT_MODEL` with the shipped pair classifier.
     """
-    from vpr_ros.core.models.checkpoint import load_checkpoint, load_pretrained
+    from vpr_ros.core.models.checkpoint import load_pretrained
+    from vpr_ros.core.models.conversion import load_any_checkpoint
     if checkpoint:
-        return load_checkpoint(checkpoint)
+        return load_any_checkpoint(checkpoint)
     return load_pretrained(model or DEFAULT_MODEL)
 
 

@@ -83,8 +83,10 @@ def positives_within_radius(query_xy: np.ndarray, db_xy: np.ndarray, radius_m: f
     """Return, per query, the sorted database ids within ``radius_m`` (inclusive, Euclidean).
 
     Args:
-        query_xy: ``[Q, 2]`` (east, north) or (x, y) positions in metres.
-        db_xy: ``[D, 2]`` database positions.
+        query_xy: ``[Q, 2]`` (east, north) or (x, y) positions in metres, or ``[Q, 3]``
+            (x, y, z) positions.
+        db_xy: ``[D, 2]`` (or ``[D, 3]``) database positions, as many coordinates as
+            ``query_xy``.
         radius_m: the positive radius (25 m in the standard benchmarks).
         query_yaw: ``[Q]`` headings in radians (needed with ``max_yaw_diff_rad``).
         db_yaw: ``[D]`` headings in radians.
@@ -95,9 +97,12 @@ def positives_within_radius(query_xy: np.ndarray, db_xy: np.ndarray, radius_m: f
         A list of ``Q`` ``int64`` arrays of database ids in increasing order.
     """
     queries, database = _as_xy(query_xy, 'query_xy'), _as_xy(db_xy, 'db_xy')
+    if len(queries) and len(database) and queries.shape[1] != database.shape[1]:
+        raise ConfigError(f'query positions have {queries.shape[1]} coordinates but database '
+                          f'positions {database.shape[1]}')
     if radius_m < 0 or not np.isfinite(radius_m):
         raise ConfigError(f'positive radius must be a finite number >= 0, got {radius_m}')
-    if len(database) == 0:
+    if len(database) == 0 or len(queries) == 0:
         return [np.empty(0, dtype=np.int64) for _ in range(len(queries))]
     within = _neighbours_within(queries, database, float(radius_m))
     if max_yaw_diff_rad is None:
@@ -110,9 +115,9 @@ def positives_within_radius(query_xy: np.ndarray, db_xy: np.ndarray, radius_m: f
 def _as_xy(points: np.ndarray, name: str) -> np.ndarray:
     array = np.asarray(points, dtype=np.float64)
     if array.size == 0:
-        return array.reshape(0, 2)
-    if array.ndim != 2 or array.shape[1] != 2:
-        raise ConfigError(f'{name} must be [N, 2] positions, got shape {array.shape}')
+        return array.reshape(0, array.shape[-1] if array.ndim == 2 else 2)
+    if array.ndim != 2 or array.shape[1] not in (2, 3):
+        raise ConfigError(f'{name} must be [N, 2] or [N, 3] positions, got shape {array.shape}')
     if not np.all(np.isfinite(array)):
         raise ConfigError(f'{name} contains non-finite positions')
     return array

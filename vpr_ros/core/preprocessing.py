@@ -1,18 +1,29 @@
 """Turn RGB images into the normalised tensors a model expects.
 
-The resize follows the official Pair-VPR evaluation: a bilinear resize straight to the model's
-``input_size`` (aspect ratio not preserved; antialiased when shrinking, as PIL does), then
-``/ 255`` and per-channel ``(x - mean) / std`` from the model's :class:`ModelSpec`.
+Every image is resized bilinearly straight to the model's ``input_size`` (aspect ratio not
+preserved, antialiased when shrinking), then divided by 255 and normalised per channel with
+``(x - mean) / std`` from the model's :class:`ModelSpec`. ``spec.preprocessing`` chooses how the
+resize is done:
+
+- ``'float'`` (the default): PyTorch's antialiased bilinear ``interpolate`` on the float image,
+  on ``device``, without rounding.
+- ``'official'``: the official Pair-VPR evaluation transform, torchvision
+  ``Resize((h, w), BILINEAR)`` on a PIL image, ``ToTensor`` and ``Normalize``: PIL's bilinear
+  resize (:func:`official_resize`, with PIL itself), whose result is ``uint8``, then the same
+  normalisation. The two modes differ by up to one grey level after the resize; models loaded
+  from official Pair-VPR weights use ``'official'``, so they see exactly what they were trained
+  and evaluated on.
 """
 
 from typing import Sequence, Union
 
 import numpy as np
+from PIL import Image
 import torch
 from torch.nn import functional as F
 
 from vpr_ros.core.errors import ImageDecodeError
-from vpr_ros.core.models.spec import ModelSpec
+from vpr_ros.core.models.spec import ModelSpec, PREPROCESSING_OFFICIAL
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -26,8 +37,10 @@ def preprocess(images: Sequence[np.ndarray], spec: ModelSpec,
 
     Args:
         images: ``[H, W, 3] uint8 RGB`` arrays; sizes may differ between images.
-        spec: the model spec giving ``input_size (h, w)``, ``mean`` and ``std``.
-        device: where the resize and normalisation run and the result lives.
+        spec: the model spec giving ``input_size (h, w)``, ``mean``, ``std`` and
+            ``preprocessing`` (the resize mode, see the module documentation).
+        device: where the normalisation (and the ``'float'`` resize) runs and the result lives;
+            the ``'official'`` resize runs on the CPU.
 
     Returns:
         ``[B, 3, h, w] float32`` tensor on ``device`` (``B = 0`` for an empty sequence).
@@ -37,6 +50,9 @@ def preprocess(images: Sequence[np.ndarray], spec: ModelSpec,
     height, width = spec.input_size
     if len(images) == 0:
         return torch.empty((0, 3, height, width), dtype=torch.float32, device=device)
+    if spec.preprocessing == PREPROCESSING_OFFICIAL:
+        resized = [official_resize(image, (height, width)) for image in images]
+        return _normalise(_to_tensor(resized, device), spec)
     if torch.device(device).type != 'cpu' and all(i.shape == images[0].shape for i in images):
         return _normalise(_resize(_to_tensor(images, device), (height, width)), spec)
     # One image at a time on a CPU (or for mixed sizes): a whole batch leaves the cache and
@@ -61,6 +77,20 @@ def validate_image(image: np.ndarray, index: int = 0) -> None:
         raise ImageDecodeError(f'image {index}: expected dtype uint8, got {image.dtype}')
     if image.shape[0] == 0 or image.shape[1] == 0:
         raise ImageDecodeError(f'image {index}: empty image of shape {image.shape}')
+
+
+def official_resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize ``[H, W, 3] uint8`` ``image`` to ``size (h, w)`` exactly as the official transform.
+
+    This is what torchvision's ``Resize`` does to a PIL image: PIL's bilinear ``Image.resize``
+    (half-pixel centres, its support widened by the scale factor when shrinking, fixed-point
+    weights, a ``uint8`` result). An image already of ``size`` is returned unchanged.
+    """
+    height, width = size
+    if image.shape[:2] == (height, width):
+        return image
+    pil = Image.fromarray(np.ascontiguousarray(image))
+    return np.asarray(pil.resize((width, height), Image.Resampling.BILINEAR))
 
 
 def _to_tensor(images: Sequence[np.ndarray], device: Device) -> torch.Tensor:

@@ -39,6 +39,10 @@ ATLAS_BAND_ROWS = FACADE_ROWS + 2 * (FACADE_ROWS // 4)
 MIP_LEVELS = 5
 SKY_EL_RANGE = (math.radians(-10.0), math.radians(70.0))
 SKY_SHAPE = (360, 2048)
+# cv2.remap needs every side of its source below SHRT_MAX; larger textures are sampled in
+# tiles of _REMAP_TILE + 1 texels (a power of two keeps tile coordinates exact).
+_REMAP_MAX_SIDE = 32767
+_REMAP_TILE = 16384
 _START_NS = 1_700_000_000 * 10**9
 _TRAVERSAL_GAP_NS = 3 * 3600 * 10**9
 
@@ -48,8 +52,9 @@ class RouteConfig:
     """The procedural route: its size, the camera and how the two traversals differ."""
 
     seed: int = option(7, 'seed of every texture, landmark and jitter')
-    length_m: float = option(120.0, 'length of the closed L-shaped route in metres',
-                             (80.0, 2000.0))
+    length_m: float = option(120.0, 'length of the closed L-shaped route in metres; at least '
+                             '(6 + 3 pi) * (street_width_m / 2 + 2), 92.5 m for an 8 m street',
+                             (93.0, 2000.0))
     frames_per_traversal: int = option(120, 'frames rendered per traversal', (2, 100000))
     image_size: tuple[int, int] = option((240, 320), 'image (height, width) in pixels')
     fov_deg: float = option(70.0, 'horizontal field of view in degrees', (20.0, 150.0))
@@ -68,8 +73,9 @@ class RouteConfig:
             raise ConfigError(f'RouteConfig.image_size={self.image_size!r} must be two integers '
                               '(height, width) in [16, 4096]')
         if min(length for length, _ in _route_pieces(self)) < 0.0:
+            shortest = (6.0 + 3.0 * math.pi) * (self.street_width_m / 2.0 + 2.0)
             raise ConfigError(f'RouteConfig.length_m={self.length_m} is too short for a street '
-                              f'{self.street_width_m} m wide')
+                              f'{self.street_width_m} m wide (at least {shortest:.1f} m)')
 
 
 @dataclass(frozen=True)
@@ -668,13 +674,58 @@ def _traversal_look(scene: _Scene, config: RouteConfig, traversal: int) -> _Trav
 
 
 def _remap(src: np.ndarray, mx: np.ndarray, my: np.ndarray) -> np.ndarray:
-    """Bilinearly sample ``src`` at the 1-D coordinate arrays; returns ``[N, C]`` float32."""
+    """Bilinearly sample ``src`` at the 1-D coordinate arrays; returns ``[N, C]`` float32.
+
+    Outside ``src`` the edge texels are repeated. A texture with a side of
+    :data:`_REMAP_MAX_SIDE` or more (the facade atlas of a route longer than about 1.6 km) is
+    sampled tile by tile, because ``cv2.remap`` refuses such sources; the values are the same.
+    """
+    mx, my = mx.astype(np.float32), my.astype(np.float32)
+    if max(src.shape[:2]) < _REMAP_MAX_SIDE:
+        out = _remap_flat(src, mx, my)
+    else:
+        out = _remap_tiled(src, mx, my)
+    out = out.astype(np.float32)
+    return out / 255.0 if src.dtype == np.uint8 else out
+
+
+def _remap_flat(src: np.ndarray, mx: np.ndarray, my: np.ndarray) -> np.ndarray:
+    """Sample ``src`` (sides below :data:`_REMAP_MAX_SIDE`) at float32 coordinates: ``[N, C]``."""
     n, width = len(mx), 1024
     pad = (-n) % width
-    grid = [np.pad(m.astype(np.float32), (0, pad)).reshape(-1, width) for m in (mx, my)]
+    grid = [np.pad(m, (0, pad)).reshape(-1, width) for m in (mx, my)]
     out = cv2.remap(src, grid[0], grid[1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    out = out.reshape(-1, src.shape[2] if src.ndim == 3 else 1)[:n].astype(np.float32)
-    return out / 255.0 if src.dtype == np.uint8 else out
+    return out.reshape(-1, src.shape[2] if src.ndim == 3 else 1)[:n]
+
+
+def _tile_index(coord: np.ndarray, size: int) -> np.ndarray:
+    """Return the :data:`_REMAP_TILE` tile whose texels a bilinear sample at ``coord`` reads.
+
+    Tile ``k`` holds texels ``k * T`` to ``(k + 1) * T`` inclusive, so a sample in
+    ``[k * T, (k + 1) * T)`` finds both neighbours in it; samples before the first or after the
+    last tile go to that tile, whose edge is the texture's edge.
+    """
+    count = max(1, -(-(size - 1) // _REMAP_TILE))
+    index = np.nan_to_num(np.floor(coord / np.float32(_REMAP_TILE)), nan=0.0)
+    return np.clip(index, 0, count - 1).astype(np.int64)
+
+
+def _remap_tiled(src: np.ndarray, mx: np.ndarray, my: np.ndarray) -> np.ndarray:
+    """Sample a texture of any size as :func:`_remap_flat` would, one tile at a time.
+
+    Tile offsets are multiples of the power of two :data:`_REMAP_TILE`, so the coordinates
+    relative to a tile are exact in float32 and every sample gets the same weights and texels as
+    on the whole texture.
+    """
+    rows, cols = _tile_index(my, src.shape[0]), _tile_index(mx, src.shape[1])
+    out = np.empty((len(mx), src.shape[2] if src.ndim == 3 else 1), src.dtype)
+    keys = rows * (int(cols.max(initial=0)) + 1) + cols
+    for key in np.unique(keys):
+        sel = keys == key
+        r0, c0 = int(rows[sel][0]) * _REMAP_TILE, int(cols[sel][0]) * _REMAP_TILE
+        tile = src[r0:r0 + _REMAP_TILE + 1, c0:c0 + _REMAP_TILE + 1]  # a view: cv2 takes strides
+        out[sel] = _remap_flat(tile, mx[sel] - np.float32(c0), my[sel] - np.float32(r0))
+    return out
 
 
 def _sample(pyramid: tuple, tx: np.ndarray, ty: np.ndarray, footprint: np.ndarray) -> np.ndarray:

@@ -12,11 +12,15 @@ Two modes:
 - **real time**: publish at the bag's pace divided by ``speed`` (``speed = 0``: as fast as
   possible). Measures latency and drops as a live camera would.
 
-Command line: ``python -m vpr_ros.ros.bag_player BAG --image-topic camera/image_raw``.
+Command line (``vpr-bag-play``): ``python -m vpr_ros.ros.bag_player BAG --image-topic
+/camera/image_raw`` republishes the frames on the topics they were recorded on (like ``ros2 bag
+play``), which is what ``localize`` listens on when launched with ``image_topic:=<same topic>``;
+``--clock`` also publishes ``/clock`` from the frame stamps for nodes with ``use_sim_time``.
 """
 
 import argparse
 from dataclasses import dataclass
+import itertools
 import sys
 import threading
 import time
@@ -32,6 +36,7 @@ from sensor_msgs.msg import CompressedImage, Image, PointCloud2
 
 from vpr_ros.core.bag import read_frames
 from vpr_ros.core.config import option, validate
+from vpr_ros.core.errors import VprError
 from vpr_ros.core.frame import Frame
 from vpr_ros.ros.conversions import (compressed_to_msg, image_to_msg, ns_to_stamp, pose_to_msg,
                                      stamp_to_ns)
@@ -109,10 +114,15 @@ class BagPlayer:
             self._ack_cond.notify_all()
 
     def wait_for_peers(self) -> bool:
-        """Wait until the images have a subscriber (and, lock-step, the answers a publisher)."""
+        """Wait until the images have a subscriber (and, lock-step, the answers a publisher).
+
+        With ``publish_clock``, /clock needs a subscriber too (a node with ``use_sim_time``).
+        """
         deadline = time.monotonic() + self.config.discovery_timeout_s
         while time.monotonic() < deadline:
             ready = self._image_pub.get_subscription_count() > 0
+            if self._clock_pub is not None:
+                ready = ready and self._clock_pub.get_subscription_count() > 0
             if self._ack_sub is not None:
                 ready = ready and self.node.count_publishers(self._ack_sub.topic_name) > 0
             if ready:
@@ -176,17 +186,24 @@ class BagPlayer:
 
 
 def _parse(argv: list) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser = argparse.ArgumentParser(
+        prog='vpr-bag-play', description=__doc__.split('\n')[0],
+        epilog='example: vpr-bag-play run2_bag --image-topic /camera/image_raw '
+               '(feeds: localize --ros-args -p image_topic:=/camera/image_raw)')
     parser.add_argument('bag', help='rosbag2 directory or .mcap/.db3 file')
     parser.add_argument('--image-topic', default='camera/image_raw',
                         help='image topic in the bag; default: %(default)s')
     parser.add_argument('--pose-topic', default=None,
                         help='pose topic in the bag (published as Odometry); default: none')
-    parser.add_argument('--out-image', default='image', help='published image topic; '
-                        'default: %(default)s')
-    parser.add_argument('--out-pose', default='odom', help='published pose topic (with '
-                        '--pose-topic); default: %(default)s')
-    parser.add_argument('--compressed', action='store_true', help='publish JPEG frames')
+    parser.add_argument('--out-image', default=None, help='published image topic; default: '
+                        'the bag topic (--image-topic), as ros2 bag play does')
+    parser.add_argument('--out-pose', default=None, help='published pose topic (with '
+                        '--pose-topic); default: the bag topic (--pose-topic)')
+    parser.add_argument('--compressed', action='store_true', help='publish JPEG frames on '
+                        '<out-image>/compressed')
+    parser.add_argument('--clock', action='store_true', help='publish /clock '
+                        '(rosgraph_msgs/Clock) from the frame stamps, for nodes run with '
+                        'use_sim_time:=true')
     parser.add_argument('--real-time', action='store_true', help='publish at the bag pace '
                         'instead of lock-step')
     parser.add_argument('--speed', type=float, default=1.0, help='real-time speed factor '
@@ -203,20 +220,31 @@ def main(args: Optional[list] = None) -> int:
     argv = sys.argv[1:] if args is None else list(args)
     ros_args = argv[argv.index('--ros-args'):] if '--ros-args' in argv else []
     options = _parse(argv[:len(argv) - len(ros_args)])
-    config = PlayerConfig(image_topic=options.out_image,
-                          pose_topic=options.out_pose if options.pose_topic else '',
-                          compressed=options.compressed, lock_step=not options.real_time,
-                          wait_topic=options.wait_topic, wait_timeout_s=options.timeout,
-                          speed=options.speed)
+    pose_topic = (options.out_pose or options.pose_topic) if options.pose_topic else ''
+    config = PlayerConfig(image_topic=options.out_image or options.image_topic,
+                          pose_topic=pose_topic, compressed=options.compressed,
+                          lock_step=not options.real_time, wait_topic=options.wait_topic,
+                          wait_timeout_s=options.timeout, speed=options.speed,
+                          publish_clock=options.clock)
+    frames = read_frames(options.bag, options.image_topic, options.pose_topic)
+    try:
+        first = next(frames, None)     # a missing bag or topic fails here, before any waiting
+    except VprError as exc:
+        print(f'vpr-bag-play: {exc}', file=sys.stderr)
+        return 1
     rclpy.init(args=['bag_player'] + ros_args)
     player = BagPlayer(config)
     try:
         if not player.wait_for_peers():
-            print('warning: no subscriber (or no answering node) found; playing anyway')
-        report = player.play(read_frames(options.bag, options.image_topic, options.pose_topic))
+            print('warning: no subscriber (images; /clock with --clock) or no answering node '
+                  'found; playing anyway')
+        report = player.play(itertools.chain([first] if first is not None else [], frames))
         print(f'published {report.published} frames in {report.wall_s:.1f} s'
               + (f', {report.acknowledged} answered, {report.timed_out} timed out'
                  if config.lock_step else ''))
+    except VprError as exc:
+        print(f'vpr-bag-play: {exc}', file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
     finally:

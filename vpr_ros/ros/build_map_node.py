@@ -15,7 +15,7 @@ import queue
 import sys
 import threading
 import time
-from typing import Optional
+from typing import Optional, TYPE_CHECKING
 
 from geometry_msgs.msg import PoseStamped, PoseWithCovarianceStamped
 from nav_msgs.msg import Odometry
@@ -24,20 +24,25 @@ from std_srvs.srv import Trigger
 
 from vpr_ros.core.config import LocalizerConfig
 from vpr_ros.core.database import MapDatabase
-from vpr_ros.core.errors import ConfigError, VprError
+from vpr_ros.core.errors import VprError
 from vpr_ros.core.geometry import Pose
-from vpr_ros.core.localizer import load_model, Localizer
 from vpr_ros.ros.conversions import pose_from_msg, PoseRejected, stamp_to_ns
 from vpr_ros.ros.keyframe_gate import KeyframeGate
 from vpr_ros.ros.node_config import BUILD_MAP_GROUPS
 from vpr_ros.ros.pose_buffer import PoseBuffer
-from vpr_ros.ros.vpr_node import input_qos, run_node, VprNode
+from vpr_ros.ros.vpr_node import (backend_summary, input_qos, run_node, StartupError,
+                                  VprNode)
+
+if TYPE_CHECKING:     # imported when a node starts, so that --help needs no torch
+    from vpr_ros.core.localizer import Localizer
 
 KEYFRAME_QUEUE = 64
 WORKER_POLL_S = 0.2
 DRAIN_TIMEOUT_S = 60.0
 POSE_TYPES = {'odometry': Odometry, 'pose_stamped': PoseStamped,
               'pose_with_covariance': PoseWithCovarianceStamped}
+EXAMPLE = ('build_map --ros-args -p map_path:=$HOME/maps/office '
+           '-p image_topic:=/camera/image_raw -p pose_topic:=/odom')
 COUNTERS = ('received', 'poses', 'keyframes_added', 'skipped_keyframe_gate', 'saves')
 
 
@@ -49,11 +54,15 @@ class BuildMapNode(VprNode):
     ``append`` is true.
     """
 
-    def __init__(self, localizer: Optional[Localizer] = None, **kwargs) -> None:
+    def __init__(self, localizer: Optional['Localizer'] = None, **kwargs) -> None:
         """Declare parameters, open model and map, create the interfaces, start the worker."""
         super().__init__('build_map', BUILD_MAP_GROUPS, COUNTERS, **kwargs)
+        self._continued = False
         if not self.params.config().map_path:
-            raise ConfigError('build_map needs the map_path parameter (where the map is saved)')
+            raise StartupError('map_path', '', 'build_map needs a folder to save the map in',
+                               'set -p map_path:=$HOME/maps/office (written on ~/save and at '
+                               'shutdown; an existing map there is continued when append is '
+                               'true)')
         self._localizer = localizer or self._build_localizer()
         self._poses = PoseBuffer(capacity=5000)
         self._pending: deque = deque()
@@ -68,19 +77,24 @@ class BuildMapNode(VprNode):
         self._worker = threading.Thread(target=self._run_worker, name='vpr_build_map',
                                         daemon=True)
         self._worker.start()
+        self.started()
 
     @property
-    def localizer(self) -> Localizer:
+    def localizer(self) -> 'Localizer':
         """Return the localizer whose map this node extends."""
         return self._localizer
 
-    def _build_localizer(self) -> Localizer:
+    def _build_localizer(self) -> 'Localizer':
+        from vpr_ros.core.localizer import Localizer
         config = self.params.config()
-        model = load_model(config.checkpoint or None, config.model)
+        model = self.load_model_from_parameters()
         path = Path(config.map_path)
         if config.append and path.exists():
-            database = MapDatabase.load(path, expected_spec=model.spec)
-            self.get_logger().info(f'continuing map {path} ({len(database)} places)')
+            try:
+                database = MapDatabase.load(path, expected_spec=model.spec)
+            except (VprError, OSError) as exc:
+                raise self.map_startup_error(config.map_path, exc) from exc
+            self._continued = True
         else:
             keep = config.store_tokens and model.spec.has_pair_classifier
             database = MapDatabase(model.spec, self.params.config('index'), store_tokens=keep)
@@ -89,12 +103,37 @@ class BuildMapNode(VprNode):
                                            precision=group.precision)
         return Localizer(model, database, localizer_config)
 
+    def summary(self) -> str:
+        """Return the start-up summary: model, backend, device, map, saving, keyframes."""
+        config = self.params.config()
+        database = self.localizer.database
+        model = self.localizer.model.spec.architecture
+        if config.checkpoint:
+            model += f' from {config.checkpoint}'
+        if self._continued:
+            where = f'continuing map {config.map_path} ({len(database)} places)'
+        elif len(database):
+            where = f'map {config.map_path} ({len(database)} places)'
+        else:
+            where = f'new map {config.map_path}'
+            if Path(config.map_path).exists():
+                where += ' (replaces the map there on the first save: append is false)'
+        saves = 'saved on ~/save and at shutdown'
+        if config.autosave_period_s > 0:
+            saves += f', every {config.autosave_period_s:g} s when it grew'
+        gate = self.params.config('keyframe')
+        backend = backend_summary(self.localizer, self.params.config('localizer'))
+        return (f'model {model} ({backend}), {where}, index {self.params.config("index").kind}, '
+                f'tokens {"stored" if database.has_tokens else "not stored"}, {saves}; poses '
+                f'from {self._pose_topic} ({config.pose_source}), {_gate_summary(gate)}')
+
     def _create_interfaces(self) -> None:
         config = self.params.config()
         self.subscribe_images(self._on_image)
         pose_type = POSE_TYPES[config.pose_source]
-        self.create_subscription(pose_type, config.pose_topic, self._on_pose,
-                                 input_qos('reliable', config.queue_depth))
+        pose_sub = self.create_subscription(pose_type, config.pose_topic, self._on_pose,
+                                            input_qos('reliable', config.queue_depth))
+        self._pose_topic = pose_sub.topic_name
         self.create_service(Trigger, '~/save', self._on_save)
         if config.autosave_period_s > 0:
             self.create_timer(config.autosave_period_s, self._autosave)
@@ -249,8 +288,8 @@ class BuildMapNode(VprNode):
         self.stats.count('keyframes_added')
         self.stats.record_latencies({'add_to_map': (time.perf_counter() - start) * 1e3})
 
-    def destroy_node(self) -> None:
-        """Pair what is left, save the map if it changed, stop the worker, destroy the node."""
+    def stop_work(self) -> None:
+        """Pair what is left, save the map if it changed, stop the worker."""
         try:
             if self._dirty or self._pending or self._keyframes.unfinished_tasks:
                 self.save_map(flush=True)
@@ -261,12 +300,22 @@ class BuildMapNode(VprNode):
         deadline = time.monotonic() + 10.0
         while self._autosaving.is_set() and time.monotonic() < deadline:
             time.sleep(0.01)
-        super().destroy_node()
+
+
+def _gate_summary(gate) -> str:
+    """Describe the keyframe rules of ``gate`` (a ``KeyframeGateConfig``) in a few words."""
+    rules = []
+    if gate.uses_motion:
+        rules.append(f'every {gate.min_distance_m:g} m or {gate.min_rotation_deg:g} deg')
+    if gate.min_interval_s > 0:
+        rules.append(f'at least {gate.min_interval_s:g} s apart')
+    return 'keyframes ' + (', '.join(rules) if rules else 'on every paired image')
 
 
 def main(args: Optional[list] = None) -> int:
     """Run the ``build_map`` node until shutdown, then save (``ros2 run vpr_ros build_map``)."""
-    return run_node(BuildMapNode, 'build_map', args)
+    return run_node(BuildMapNode, 'build_map', args, groups=BUILD_MAP_GROUPS,
+                    description=__doc__, example=EXAMPLE)
 
 
 if __name__ == '__main__':

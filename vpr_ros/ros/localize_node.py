@@ -20,7 +20,7 @@ from pathlib import Path
 import sys
 import threading
 import time
-from typing import Optional
+from typing import Optional, TYPE_CHECKING
 
 from geometry_msgs.msg import PoseWithCovarianceStamped
 from nav_msgs.msg import Odometry
@@ -34,7 +34,6 @@ from vpr_ros.core.database import MANIFEST_FILE, MapDatabase
 from vpr_ros.core.errors import ImageDecodeError, MapChangedError, VprError
 from vpr_ros.core.geometry import positions_array
 from vpr_ros.core.image_codec import read_image_file
-from vpr_ros.core.localizer import load_model, LocalizationResult, Localizer
 from vpr_ros.ros.conversions import image_to_msg, pose_from_msg, PoseRejected, stamp_to_ns
 from vpr_ros.ros.keyframe_gate import KeyframeGate
 from vpr_ros.ros.latest_slot import LatestSlot
@@ -43,12 +42,17 @@ from vpr_ros.ros.node_config import LOCALIZE_GROUPS
 from vpr_ros.ros.outputs import (debug_panel, loop_closure_message, map_marker, match_markers,
                                  pose_message)
 from vpr_ros.ros.pose_buffer import PoseBuffer
-from vpr_ros.ros.vpr_node import input_qos, run_node, VprNode
+from vpr_ros.ros.vpr_node import backend_summary, input_qos, run_node, VprNode
+
+if TYPE_CHECKING:     # imported when a node starts, so that --help needs no torch
+    from vpr_ros.core.localizer import LocalizationResult, Localizer
 
 WORKER_POLL_S = 0.2
 MAP_MARKER_PERIOD_S = 5.0
 MAP_LOAD_ATTEMPTS = 5
 """Loads of a map that a concurrent save keeps replacing (``MapChangedError``) before giving up."""
+EXAMPLE = ('localize --ros-args -p map_path:=$HOME/maps/office '
+           '-p image_topic:=/camera/image_raw')
 COUNTERS = ('received', 'processed', 'dropped_stale', 'skipped_paused', 'skipped_keyframe_gate',
             'result.accepted', 'map_reloads', 'map_reload_failures')
 
@@ -83,7 +87,7 @@ class LocalizeNode(VprNode):
     one from the ``model``/``checkpoint`` and ``map_path`` parameters.
     """
 
-    def __init__(self, localizer: Optional[Localizer] = None, **kwargs) -> None:
+    def __init__(self, localizer: Optional['Localizer'] = None, **kwargs) -> None:
         """Declare parameters, load model and map, create the interfaces, start the worker.
 
         An injected ``localizer`` keeps its configuration: it becomes the default of the
@@ -110,25 +114,61 @@ class LocalizeNode(VprNode):
         self._worker = threading.Thread(target=self._run_worker, name='vpr_localize',
                                         daemon=True)
         self._worker.start()
+        self.started()
 
     @property
-    def localizer(self) -> Localizer:
+    def localizer(self) -> 'Localizer':
         """Return the localizer now in use (replaced by ``~/reload_map``)."""
         with self._lock:
             return self._localizer
 
-    def _build_localizer(self) -> Localizer:
-        config = self.params.config()
-        model = load_model(config.checkpoint or None, config.model)
+    def _build_localizer(self) -> 'Localizer':
+        from vpr_ros.core.localizer import Localizer
+        model = self.load_model_from_parameters()
         database = self._open_map(model.spec)
         return Localizer(model, database, self.params.config('localizer'))
 
     def _open_map(self, spec) -> MapDatabase:
         path = self.params.config().map_path
-        if path and Path(path).exists():
+        if not path:
+            self.get_logger().warning(
+                'no map loaded (map_path is empty): every frame is answered with an empty '
+                '~/matches; set -p map_path:=<map folder> at start, or set the parameter and '
+                'call ~/reload_map')
+            return MapDatabase(spec)
+        if not Path(path).exists():
+            self.get_logger().warning(
+                f'map_path {path} does not exist yet: starting with an empty map; '
+                '~/reload_map (or map_watch_period_s) loads it once build_map has saved it')
+            return MapDatabase(spec)
+        try:
             return self._load_map(path, spec)
-        self.get_logger().warning(f'map {path!r} does not exist: starting with an empty map')
-        return MapDatabase(spec)
+        except (VprError, OSError) as exc:
+            raise self.map_startup_error(path, exc) from exc
+
+    def summary(self) -> str:
+        """Return the start-up summary: model, backend, device, map, ranking, acceptance."""
+        localizer = self.localizer
+        config = self.params.config()
+        group = self.params.config('localizer')
+        model = localizer.model.spec.architecture
+        if config.checkpoint:
+            model += f' from {config.checkpoint}'
+        size = len(localizer.database)
+        where = (f'map {config.map_path} ({size} places)' if config.map_path
+                 else 'no map (map_path is empty)')
+        if localizer.can_rerank:
+            ranking = f'rerank top_k {group.top_k} {localizer.scoring.fusion}'
+            if not localizer.scoring.calibrated:
+                ranking += ' (uncalibrated)'
+        else:
+            why = ('rerank false' if not group.rerank
+                   else 'model has no pair classifier'
+                   if not localizer.model.spec.has_pair_classifier
+                   else 'map stores no tokens')
+            ranking = f'global search top_k {group.top_k} (no re-ranking: {why})'
+        return (f'model {model} ({backend_summary(localizer, group)}), {where}, {ranking}, '
+                f'accept p>={group.accept_probability:g} temporal_window {group.temporal_window}')
 
     def _create_interfaces(self) -> None:
         config = self.params.config()
@@ -201,6 +241,7 @@ class LocalizeNode(VprNode):
         if not path or not Path(path).exists():
             raise VprError(f'map {path!r} does not exist')
         key = _manifest_key(path)     # before loading: a save during the load is seen next time
+        from vpr_ros.core.localizer import Localizer
         model = self.localizer.model
         database = self._load_map(path, model.spec)
         with self._lock:
@@ -271,7 +312,7 @@ class LocalizeNode(VprNode):
         self._publish_map_markers(localizer)
         return values, warning
 
-    def _publish_map_markers(self, localizer: Localizer) -> None:
+    def _publish_map_markers(self, localizer: 'Localizer') -> None:
         if self.markers_pub.get_subscription_count() == 0 or time.monotonic() < \
                 self._map_marker_due:
             return
@@ -319,7 +360,7 @@ class LocalizeNode(VprNode):
         self.stats.record_latencies({'decode': decode_ms, **result.timings_ms,
                                      'end_to_end': (time.perf_counter() - received) * 1e3})
 
-    def _exclude_recent(self, result: LocalizationResult) -> LocalizationResult:
+    def _exclude_recent(self, result: 'LocalizationResult') -> 'LocalizationResult':
         """Drop candidates stamped within ``exclude_recent_s`` of the query.
 
         When the best candidate is dropped, the next one is accepted on the probability threshold
@@ -337,7 +378,7 @@ class LocalizeNode(VprNode):
         return replace(result, candidates=kept, accepted=accepted, reason=reason)
 
     def _publish(self, image_header: Header, image: np.ndarray,
-                 result: LocalizationResult) -> None:
+                 result: 'LocalizationResult') -> None:
         config = self.params.config()
         header = Header(stamp=image_header.stamp, frame_id=config.map_frame)
         self.matches_pub.publish(encode_matches(header, result.candidates, result.accepted))
@@ -356,7 +397,7 @@ class LocalizeNode(VprNode):
             self._publish_debug(image_header, image, result)
 
     def _publish_debug(self, image_header: Header, image: np.ndarray,
-                       result: LocalizationResult) -> None:
+                       result: 'LocalizationResult') -> None:
         best = result.best
         lines = [f'{result.reason}']
         match = None
@@ -369,19 +410,19 @@ class LocalizeNode(VprNode):
         msg = image_to_msg(panel, stamp_to_ns(image_header.stamp), image_header.frame_id)
         self.debug_pub.publish(msg)
 
-    def destroy_node(self) -> None:
-        """Stop the worker thread (and wait for a map load in progress), then destroy the node."""
+    def stop_work(self) -> None:
+        """Stop the worker thread and wait for a map load in progress."""
         self._slot.close()
         current = threading.current_thread()
         for thread in (self._worker, self._loader):
             if thread is not None and thread.is_alive() and thread is not current:
                 thread.join(timeout=10.0)
-        super().destroy_node()
 
 
 def main(args: Optional[list] = None) -> int:
     """Run the ``localize`` node until shutdown (``ros2 run vpr_ros localize``)."""
-    return run_node(LocalizeNode, 'localize', args)
+    return run_node(LocalizeNode, 'localize', args, groups=LOCALIZE_GROUPS,
+                    description=__doc__, example=EXAMPLE)
 
 
 if __name__ == '__main__':

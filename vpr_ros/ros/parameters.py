@@ -8,6 +8,7 @@ validates; otherwise the set-parameters call fails with the validation message a
 """
 
 from dataclasses import Field, fields
+import textwrap
 from typing import Any, Callable, Optional, Sequence
 
 from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
@@ -50,7 +51,8 @@ def declare_group(node: Node, group: ParameterGroup) -> Any:
     """Declare the parameters of ``group`` on ``node`` and return the resulting config object.
 
     Raises:
-        ConfigError: an override (launch file, YAML, ``-p``) fails the dataclass validation.
+        ConfigError: an override (launch file, YAML, ``-p``) fails the dataclass validation;
+            the message names the ROS parameter (``localizer.device='gpu' is not one of ...``).
     """
     specs = {f.name: f for f in fields(group.cls)}
     values = {}
@@ -60,7 +62,12 @@ def declare_group(node: Node, group: ParameterGroup) -> Any:
         param = node.declare_parameter(group.parameter_name(name), group.default(name),
                                        descriptor)
         values[name] = param.value
-    return config_from_dict(group.cls, values)
+    try:
+        return config_from_dict(group.cls, values)
+    except ConfigError as exc:
+        prefix = f'{group.prefix}.' if group.prefix else ''
+        raise ConfigError('parameter ' + str(exc).replace(f'{group.cls.__name__}.', prefix, 1)
+                          ) from exc
 
 
 class NodeParameters:
@@ -158,3 +165,35 @@ def parameters_table(groups: Sequence[ParameterGroup]) -> str:
                         f'{limits} | {"yes" if group.is_runtime(name) else "no"} | '
                         f'{spec.metadata.get("help", "")} |')
     return '\n'.join(rows) + '\n'
+
+
+_TYPE_NAMES = {bool: 'bool', int: 'integer', float: 'double', str: 'string'}
+
+
+def parameters_help(groups: Sequence[ParameterGroup], width: int = 99) -> str:
+    """Return the parameters of ``groups`` as ``--help`` text: name, type, default, limits, help.
+
+    One entry per parameter, in declaration order, e.g.::
+
+      localizer.top_k (integer, default 20, range 1..10000, run time)
+          candidates shortlisted by global search and re-ranked ...
+    """
+    lines = []
+    for group in groups:
+        specs = {f.name: f for f in fields(group.cls)}
+        for name in group.field_names():
+            spec = specs[name]
+            default = group.default(name)
+            facts = [_TYPE_NAMES.get(type(default), type(default).__name__),
+                     f'default {_yaml_value(default)}']
+            if spec.metadata.get('range'):
+                low, high = spec.metadata['range']
+                facts.append(f'range {low}..{high}')
+            if spec.metadata.get('choices'):
+                facts.append('one of ' + ', '.join(spec.metadata['choices']))
+            if group.is_runtime(name):
+                facts.append('run time')
+            lines.append(f'  {group.parameter_name(name)} ({", ".join(facts)})')
+            lines += textwrap.wrap(spec.metadata.get('help', ''), width,
+                                   initial_indent=' ' * 6, subsequent_indent=' ' * 6)
+    return '\n'.join(lines)

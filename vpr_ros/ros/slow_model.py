@@ -31,6 +31,9 @@ POOL_GRID = (6, 8)
 class SlowPoolingModel(VprModel):
     """Colour-layout descriptor that sleeps ``delay_s`` seconds in every ``describe`` call."""
 
+    onnx_exportable = False
+    """An exported graph would drop the sleep, which is the point of this model."""
+
     def __init__(self, delay_s: float = 0.0) -> None:
         """Create the model; ``delay_s`` is the sleep per ``describe`` call (per batch)."""
         super().__init__()

@@ -13,11 +13,17 @@ from vpr_ros.core.errors import VprError
 T = TypeVar('T')
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, cls: type, prefix: str = '') -> None:
-    """Add one ``--flag`` per field of ``cls`` with its help text, type, choices and default."""
+def add_config_arguments(parser: argparse.ArgumentParser, cls: type, prefix: str = '',
+                         only: Optional[Sequence[str]] = None) -> None:
+    """Add one ``--flag`` per field of ``cls`` with its help text, type, choices and default.
+
+    ``only`` limits the flags to the named fields (read them back with ``only`` too).
+    """
     group = parser.add_argument_group(f'{cls.__name__} options')
     hints = typing.get_type_hints(cls)
     for f in fields(cls):
+        if only is not None and f.name not in only:
+            continue
         flag = '--' + (prefix + f.name).replace('_', '-')
         help_text = f.metadata.get('help', f.name) + ' (default: %(default)s)'
         default = f.default if f.default is not MISSING else None
@@ -29,9 +35,14 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, prefix: str
                                choices=f.metadata.get('choices'), help=help_text)
 
 
-def config_from_args(cls: Type[T], args: argparse.Namespace, prefix: str = '') -> T:
-    """Build ``cls`` from the flags that :func:`add_config_arguments` added."""
-    return config_from_dict(cls, {f.name: getattr(args, prefix + f.name) for f in fields(cls)})
+def config_from_args(cls: Type[T], args: argparse.Namespace, prefix: str = '',
+                     only: Optional[Sequence[str]] = None) -> T:
+    """Build ``cls`` from the flags that :func:`add_config_arguments` added.
+
+    With ``only``, the other fields keep their defaults.
+    """
+    return config_from_dict(cls, {f.name: getattr(args, prefix + f.name) for f in fields(cls)
+                                  if only is None or f.name in only})
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,8 +52,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                        help=f'registry model name, with its shipped weights; default: '
                             f'{DEFAULT_MODEL}')
     group.add_argument('--checkpoint', default=None,
-                       help='vpr_ros safetensors checkpoint to load instead of --model '
-                            '(default: %(default)s)')
+                       help='vpr_ros safetensors checkpoint, or an official Pair-VPR release '
+                            '.pth (converted in memory; vpr-convert it once to start faster), '
+                            'to load instead of --model (default: %(default)s)')
 
 
 def add_input_arguments(parser: argparse.ArgumentParser) -> None:

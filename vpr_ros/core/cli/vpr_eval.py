@@ -7,6 +7,10 @@ Examples::
     vpr-eval --dataset-format bags --dataset map_bag --query-bag query_bag
              --image-topic /camera/image_raw --pose-topic /odom --out report/
     vpr-eval --dataset-format sequence --dataset rtabmap_samples --min-gap 10 --out report/
+    vpr-eval --dataset-format loop-matrix --dataset seq/ --ground-truth gt.mat --out report/
+    vpr-eval --dataset-format kitti-poses --dataset kitti/sequences/00
+             --ground-truth ../../poses/00.txt --radius 5 --min-gap 100
+             --exclude-recent-s 30 --out report/
 
 The printed line follows VPR-methods-evaluation: ``R@1: 68.5, R@5: 92.8, ...``.
 """
@@ -18,11 +22,13 @@ from typing import Iterable, Optional, Sequence
 
 from tqdm import tqdm
 
-from vpr_ros.core.benchmark_datasets import (DEFAULT_RADIUS_M, EvalDataset, FORMATS,
-                                             load_dataset, write_msls_submission)
+from vpr_ros.core.benchmark_datasets import (DEFAULT_MIN_GAP, DEFAULT_RADIUS_M, EvalDataset,
+                                             FORMATS, load_dataset, SEQUENCE_FORMATS,
+                                             write_msls_submission)
 from vpr_ros.core.cli.arguments import (add_config_arguments, add_model_arguments,
                                         config_from_args, run_command)
 from vpr_ros.core.config import LocalizerConfig
+from vpr_ros.core.errors import DatasetError
 from vpr_ros.core.evaluation import EvalResult, evaluate, write_report
 from vpr_ros.core.localizer import load_model
 from vpr_ros.core.metrics import DEFAULT_RECALL_VALUES
@@ -57,8 +63,8 @@ def add_evaluation_arguments(parser: argparse.ArgumentParser) -> None:
                        help='pose / odometry topic in the map and query bags '
                             '(default: %(default)s)')
     group.add_argument('--radius', type=float, default=DEFAULT_RADIUS_M,
-                       help='positive radius in metres (folder, msls-val, pitts, tokyo, bags) '
-                            '(default: %(default)s)')
+                       help='positive radius in metres (folder, msls-val, pitts, tokyo, bags, '
+                            'kitti-poses) (default: %(default)s)')
     group.add_argument('--max-yaw-deg', type=float, default=None,
                        help='bag pairs: also require headings within this many degrees')
     group.add_argument('--recall-values', type=int, nargs='+', default=DEFAULT_RECALL_VALUES,
@@ -69,12 +75,34 @@ def add_evaluation_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _add_dataset_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group('dataset options')
-    group.add_argument('--ground-truth', default='ground_truth.json',
-                       help='index-list / sequence ground truth file in the dataset folder '
-                            '(default: %(default)s)')
-    group.add_argument('--min-gap', type=int, default=10,
-                       help='sequence: a frame is matched against frames at least this many '
-                            'frames earlier (default: %(default)s)')
+    group.add_argument('--ground-truth', default=None,
+                       help='ground truth file, relative to --dataset or absolute: index-list '
+                            'and sequence: default ground_truth.json; loop-matrix: the .mat / '
+                            '.npy / .npz loop-closure matrix; kitti-poses: the pose file '
+                            '(both required)')
+    group.add_argument('--gt-key', default=None,
+                       help='loop-matrix: the variable holding the matrix (default: the only '
+                            'square 2-D array in the file)')
+    group.add_argument('--image-dir', default=None,
+                       help='sequence, loop-matrix, kitti-poses: image folder under --dataset, '
+                            'in capture order (default: images; kitti-poses: images, image_2 '
+                            'or image_0)')
+    group.add_argument('--min-gap', type=int, default=DEFAULT_MIN_GAP,
+                       help='sequence formats: frame i is matched against frames 0 .. i - '
+                            'MIN_GAP; inclusive: a revisit exactly MIN_GAP frames back counts '
+                            'and is in the map (default: %(default)s)')
+    group.add_argument('--exclude-recent-s', type=float, default=0.0,
+                       help='sequence formats: also leave out of the map the frames stamped '
+                            'less than this many seconds before the query, as the localize '
+                            "node's exclude_recent_s (a frame exactly this old stays); needs "
+                            'frame stamps: --times or --frame-rate for image folders '
+                            '(default: %(default)s, off)')
+    group.add_argument('--times', default=None,
+                       help='sequence formats: frame times file, one time in seconds per frame '
+                            '(KITTI times.txt; default: times.txt in --dataset when present)')
+    group.add_argument('--frame-rate', type=float, default=None,
+                       help='sequence formats: stamp frame i at i / FRAME_RATE seconds (for '
+                            'image folders without a times file)')
     group.add_argument('--index-dir', default=None,
                        help='msls-val: folder with the official msls_val_*.npy index lists')
     group.add_argument('--variant', default='30k', choices=('30k', '250k'),
@@ -92,22 +120,56 @@ def bag_pair_options(args: argparse.Namespace) -> dict:
 
 
 def dataset_options(args: argparse.Namespace) -> dict:
-    """Return the reader keyword arguments that apply to ``args.dataset_format``."""
+    """Return the reader keyword arguments that apply to ``args.dataset_format``.
+
+    Raises:
+        DatasetError: a sequence-only option given for another format, or a loop-matrix /
+            kitti-poses dataset without ``--ground-truth``.
+    """
     fmt = args.dataset_format
     if fmt in ('folder', 'msls-val', 'pitts', 'tokyo'):
         options = {'radius_m': args.radius}
     elif fmt == 'index-list':
-        options = {'ground_truth': args.ground_truth}
-    elif fmt == 'sequence':
-        options = {'ground_truth': args.ground_truth, 'min_gap': args.min_gap}
+        options = {'ground_truth': args.ground_truth or 'ground_truth.json'}
     elif fmt == 'bags':
         options = {'query_bag': args.query_bag, **bag_pair_options(args)}
+    elif fmt in SEQUENCE_FORMATS:
+        options = _sequence_options(args)
     else:
         options = {}
+    if fmt not in SEQUENCE_FORMATS:
+        given = [flag for flag, value in (('--exclude-recent-s', args.exclude_recent_s),
+                                          ('--times', args.times),
+                                          ('--frame-rate', args.frame_rate),
+                                          ('--image-dir', args.image_dir),
+                                          ('--gt-key', args.gt_key)) if value]
+        if given:
+            raise DatasetError(f'{", ".join(given)} apply to the sequence formats '
+                               f'({", ".join(SEQUENCE_FORMATS)}), not to {fmt}')
     if fmt == 'msls-val' and args.index_dir:
         options['index_dir'] = args.index_dir
     if fmt == 'pitts':
         options['variant'] = args.variant
+    return options
+
+
+def _sequence_options(args: argparse.Namespace) -> dict:
+    fmt = args.dataset_format
+    if fmt != 'sequence' and not args.ground_truth:
+        what = 'the loop-closure matrix (.mat, .npy, .npz)' if fmt == 'loop-matrix' else \
+            'the pose file (12 values per line)'
+        raise DatasetError(f'dataset format {fmt} needs --ground-truth FILE: {what}')
+    if args.gt_key and fmt != 'loop-matrix':
+        raise DatasetError('--gt-key applies to dataset format loop-matrix only')
+    options = {'ground_truth': args.ground_truth or 'ground_truth.json',
+               'min_gap': args.min_gap, 'times': args.times, 'frame_rate': args.frame_rate,
+               'exclude_recent_s': args.exclude_recent_s}
+    if args.image_dir:
+        options['image_dir'] = args.image_dir
+    if fmt == 'loop-matrix':
+        options['gt_key'] = args.gt_key
+    if fmt == 'kitti-poses':
+        options['radius_m'] = args.radius
     return options
 
 
@@ -124,6 +186,15 @@ def print_recalls(result: EvalResult) -> None:
     print(result.summary_line())
 
 
+def print_decision(result: EvalResult) -> None:
+    """Print how many best matches the accept decision took and how many of them were wrong."""
+    decision = result.loop_closure.get('at_threshold')
+    if decision:
+        print(f'accept decision ({decision["source"]}, threshold {decision["threshold"]:g}): '
+              f'{decision["accepted"]} of {result.loop_closure["decisions"]} best matches '
+              f'accepted, {decision["wrong_accepted"]} of them wrong')
+
+
 def run(args: argparse.Namespace) -> int:
     """Load the dataset and model, evaluate, write the report and print the recall line."""
     dataset: EvalDataset = load_dataset(args.dataset_format, args.dataset,
@@ -137,6 +208,7 @@ def run(args: argparse.Namespace) -> int:
     write_report(result, args.out)
     if args.submission:
         write_msls_submission(args.submission, dataset, result.predictions)
+    print_decision(result)
     print_recalls(result)
     return 0
 

@@ -6,7 +6,8 @@ Our format is one safetensors file: the model's state dict plus metadata ``forma
 has no checksum; version 1 files, whose digest covers the tensors only, still load). Loading
 rebuilds the network from the registry (``spec.architecture`` and ``spec.options``) and refuses
 any missing, unexpected or mis-shaped tensor and any tensor data or metadata that does not match
-the digest.
+the digest. The loaded model keeps the file's ``spec.preprocessing`` (a spec written before that
+field existed has the ``'float'`` mode), whatever its registry factory would choose.
 
 Registry models that ship trained weights (:data:`SHIPPED_WEIGHTS`, files in ``vpr_ros/weights``)
 are loaded with them by :func:`load_pretrained`; the others come from their registry factory.
@@ -14,7 +15,13 @@ are loaded with them by :func:`load_pretrained`; the others come from their regi
 The optional metadata field ``rerank_scoring`` (:meth:`RerankScoring.to_json`) holds the score
 fusion and calibration chosen for the weights; loading sets it as ``model.rerank_scoring`` and
 refuses a malformed one. A checkpoint without it loads with ``rerank_scoring = None`` (the
-localizer then warns that its probabilities are uncalibrated).
+localizer then warns that its probabilities are uncalibrated). :func:`write_rerank_scoring`
+copies a checkpoint with a new one (``vpr-calibrate``), leaving tensors and other fields as
+they are.
+
+The optional metadata field ``source`` (JSON) records where converted weights came from
+(:mod:`vpr_ros.core.models.conversion`): ``kind``, ``file``, ``sha256`` and ``untrained``, the
+parts that no trained weights initialised (loading warns when there are any).
 
 A *partial* checkpoint (``save_checkpoint(model, path, base_weights=NAME)``) stores only the
 tensors outside the part that ``NAME`` covers, as float16, and names the base in the metadata
@@ -41,6 +48,7 @@ The decoder keys (``decoder_clstoken``, ``mask_token``, ``dec_pos_embed``, ``dec
 their names under the ``decoder.`` prefix.
 """
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -60,7 +68,7 @@ from vpr_ros.core.models.efficientnet import create_lite0_encoder
 from vpr_ros.core.models.pair_decoder import interpolate_decoder_pos_embed
 from vpr_ros.core.models.pairvpr import PairVpr
 from vpr_ros.core.models.registry import create_model
-from vpr_ros.core.models.spec import ModelSpec
+from vpr_ros.core.models.spec import ModelSpec, PREPROCESSING_OFFICIAL
 from vpr_ros.core.models.vpr_model import VprModel
 
 LOGGER = logging.getLogger(__name__)
@@ -74,6 +82,8 @@ OFFICIAL_DECODER_NAMES = ('decoder_clstoken', 'mask_token', 'dec_pos_embed', 'de
                           'decoder_embed', 'dec_blocks', 'dec_norm', 'prediction_head',
                           'classvprmodule')
 MAX_NAMED_KEYS = 8
+RESERVED_METADATA = ('format', 'version', 'spec', 'sha256', 'rerank_scoring',
+                     'base_weights')
 WEIGHTS_DIR = Path(__file__).resolve().parents[2] / 'weights'
 SHIPPED_WEIGHTS = {'pairvpr_lite': 'pairvpr_lite.safetensors'}
 """Registry name -> trained weights file in :data:`WEIGHTS_DIR` (see :func:`load_pretrained`)."""
@@ -119,13 +129,15 @@ BASE_WEIGHTS = {
 # ---- our format ----------------------------------------------------------------------------
 
 def save_checkpoint(model: VprModel, path: PathLike, base_weights: Optional[str] = None,
-                    rerank_scoring: Optional[RerankScoring] = None) -> Path:
+                    rerank_scoring: Optional[RerankScoring] = None,
+                    extra_metadata: Optional[dict] = None) -> Path:
     """Write ``model``'s weights and spec to ``path`` atomically; return the path.
 
     With ``base_weights`` (a :data:`BASE_WEIGHTS` name) the file is a partial checkpoint: the
     tensors the base covers are left out (they must equal the base weights) and the others are
     stored as float16. ``rerank_scoring`` (default: ``model.rerank_scoring``) is stored in the
-    metadata when there is one.
+    metadata when there is one. ``extra_metadata`` adds string fields (such as ``source``); it
+    may not replace the fields this module writes.
     """
     path = Path(path)
     state = {key: value.detach().cpu().contiguous().clone()
@@ -138,7 +150,36 @@ def save_checkpoint(model: VprModel, path: PathLike, base_weights: Optional[str]
     if base_weights is not None:
         state = _partial_state(state, model.spec, base_weights)
         metadata['base_weights'] = base_weights
+    reserved = sorted(set(extra_metadata or {}) & (set(metadata) | set(RESERVED_METADATA)))
+    if reserved:
+        raise CheckpointError(f'extra metadata may not replace the fields {reserved}')
+    metadata.update({str(key): str(value) for key, value in (extra_metadata or {}).items()})
     metadata['sha256'] = checkpoint_digest(state, metadata)
+    return _write_atomic(state, metadata, path)
+
+
+def write_rerank_scoring(source: PathLike, scoring: RerankScoring, out: PathLike) -> Path:
+    """Write checkpoint ``source`` with ``scoring`` as its ``rerank_scoring`` to ``out``.
+
+    The tensors and every other metadata field are copied unchanged (a partial checkpoint stays
+    partial); the file is checked against its sha256 first, and the copy gets a new one (a
+    version 1 file becomes version 2). ``out`` may be ``source``: it is replaced atomically.
+    """
+    source = Path(source)
+    metadata = _read_metadata(source)
+    spec_from_metadata(metadata, source)
+    scoring_from_metadata(metadata, source)
+    state = _read_safetensors(source)
+    if stored_digest(state, metadata) != metadata.get('sha256'):
+        raise CheckpointError(f'{source}: tensor data or metadata does not match the stored '
+                              f'sha256 (corrupt or modified file)')
+    metadata = dict(metadata, version=str(FORMAT_VERSION), rerank_scoring=scoring.to_json())
+    metadata['sha256'] = checkpoint_digest(state, metadata)
+    return _write_atomic(state, metadata, Path(out))
+
+
+def _write_atomic(state: dict, metadata: dict, path: Path) -> Path:
+    """Write a safetensors file through a synced temporary sibling renamed over ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
     os.close(handle)
@@ -158,7 +199,8 @@ def load_checkpoint(path: PathLike, device: Union[str, torch.device] = 'cpu') ->
     """Rebuild the model recorded in checkpoint ``path`` and load its weights (eval mode).
 
     A partial checkpoint (metadata ``base_weights``) gets the named base weights for the part it
-    leaves out; every other tensor must be stored in the file.
+    leaves out; every other tensor must be stored in the file. Base tensors that the file does
+    store (fine-tuned ones) replace the base's.
     """
     path = Path(path)
     metadata = _read_metadata(path)
@@ -175,7 +217,7 @@ def load_checkpoint(path: PathLike, device: Union[str, torch.device] = 'cpu') ->
     expected = model.state_dict()
     if base is not None:
         expected = {key: value for key, value in expected.items()
-                    if not key.startswith(base.prefix)}
+                    if not key.startswith(base.prefix) or key in state}
     check_state_dict(expected, state, f'checkpoint {path}')
     _check_dtypes(expected, state, path, half=base is not None)
     if stored_digest(state, metadata) != metadata.get('sha256'):
@@ -185,7 +227,22 @@ def load_checkpoint(path: PathLike, device: Union[str, torch.device] = 'cpu') ->
         state = _with_base(model, state, base, metadata['base_weights'])
     model.load_state_dict(state, strict=True)
     model.rerank_scoring = scoring
+    _warn_untrained(metadata, path)
     return model.to(device).eval()
+
+
+def _warn_untrained(metadata: dict, path: Path) -> None:
+    """Log a warning when the ``source`` metadata names parts that were never trained."""
+    try:
+        source = json.loads(metadata.get('source', '{}'))
+        untrained = [str(part) for part in source.get('untrained', [])]
+    except (TypeError, ValueError, AttributeError):
+        LOGGER.warning('%s: unreadable source metadata %r', path, metadata.get('source'))
+        return
+    if untrained:
+        LOGGER.warning('%s: %s never trained (converted from %s): a starting point for '
+                       'training; its descriptors and pair scores are not meaningful', path,
+                       ', '.join(untrained), source.get('file', 'another format'))
 
 
 def scoring_from_metadata(metadata: dict, path: Path) -> Optional[RerankScoring]:
@@ -233,18 +290,18 @@ def base_weights_for(name: str, architecture: str, source: str) -> BaseWeights:
 
 
 def _partial_state(state: dict, spec: ModelSpec, name: str) -> dict:
-    """Return ``state`` without the base's part (which must equal the base), floats as fp16."""
+    """Return ``state`` without the base tensors it leaves unchanged, floats as fp16.
+
+    Tensors of the base's part that training changed (a fine-tuned encoder stage) are kept;
+    loading puts them over the base weights.
+    """
     base = base_weights_for(name, spec.architecture, f'partial checkpoint of {spec.architecture}')
     reference = base.state()
     check_state_dict(reference, {k: v for k, v in state.items() if k.startswith(base.prefix)},
                      f'{spec.architecture} {base.prefix}* tensors')
-    changed = [key for key, value in reference.items() if not torch.equal(state[key], value)]
-    if changed:
-        raise CheckpointError(f'cannot save a partial checkpoint on base {name!r}: the model '
-                              f'differs from the base weights in {_name_keys(changed)}; save a '
-                              f'full checkpoint instead')
+    changed = {key for key, value in reference.items() if not torch.equal(state[key], value)}
     return {key: value.half() if value.is_floating_point() else value
-            for key, value in state.items() if not key.startswith(base.prefix)}
+            for key, value in state.items() if not key.startswith(base.prefix) or key in changed}
 
 
 def _with_base(model: VprModel, state: dict, base: BaseWeights, name: str) -> dict:
@@ -307,20 +364,33 @@ def _rebuild(spec: ModelSpec, path: Path, extra: Optional[dict] = None) -> VprMo
     """Build ``spec``'s model from the registry and check that it reproduces the same spec.
 
     ``extra`` options (such as ``pretrained=False``) are passed to the factory but are not part
-    of the spec.
+    of the spec. The preprocessing mode belongs to the weights, not to the network: it is not
+    compared, and the model gets the one in ``spec``.
     """
     try:
         model = create_model(spec.architecture, **{**spec.kwargs, **(extra or {})})
     except (TypeError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f'{path}: cannot rebuild model {spec.architecture!r} with options '
                               f'{spec.kwargs}: {exc}') from exc
-    stored, built = json.loads(spec.to_json()), json.loads(model.spec.to_json())
+    stored, built = _network_fields(spec), _network_fields(model.spec)
     differing = sorted(key for key in stored if stored[key] != built.get(key))
     if differing:
         details = ', '.join(f'{key}: file {stored[key]!r} vs rebuilt {built.get(key)!r}'
                             for key in differing)
         raise CheckpointError(f'{path}: model spec does not match the rebuilt model ({details})')
+    if model.spec.preprocessing != spec.preprocessing:
+        LOGGER.info('%s: %s uses the %r preprocessing recorded in the file (the registry model '
+                    'uses %r)', path, spec.architecture, spec.preprocessing,
+                    model.spec.preprocessing)
+        model.spec = dataclasses.replace(model.spec, preprocessing=spec.preprocessing)
     return model
+
+
+def _network_fields(spec: ModelSpec) -> dict:
+    """Return ``spec``'s JSON fields without ``preprocessing``."""
+    fields = json.loads(spec.to_json())
+    fields.pop('preprocessing', None)
+    return fields
 
 
 def _read_metadata(path: Path) -> dict:
@@ -471,7 +541,8 @@ def read_official_state_dict(path: PathLike) -> dict:
         loaded = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as exc:
         raise CheckpointError(f'{path}: cannot read official weights with torch.load('
-                              f'weights_only=True): {exc}') from exc
+                              f'weights_only=True): not a PyTorch weights file, truncated or '
+                              f'corrupt, or it holds objects other than tensors ({exc})') from exc
     return _unwrap_state_dict(loaded, path)
 
 
@@ -528,10 +599,13 @@ def load_official_pairvpr(path: PathLike, variant: str = 'vitb14', strict: bool 
     """Build ``pairvpr_<variant>`` (with size ``overrides``) and load an official file into it.
 
     ``path`` is a released ``pairvpr-vitB/L/G.pth`` (read with ``torch.load(weights_only=True)``)
-    or a ``.safetensors`` file holding an official state dict. The model is in eval mode.
+    or a ``.safetensors`` file holding an official state dict. The model is in eval mode and its
+    spec has the ``'official'`` preprocessing (the official evaluation transform), which
+    :func:`save_checkpoint` records.
     """
     state = read_official_state_dict(path)
     model = create_model(f'pairvpr_{variant}', **overrides)
+    model.spec = dataclasses.replace(model.spec, preprocessing=PREPROCESSING_OFFICIAL)
     missing, unexpected = load_official_state_dict(model, state, strict, source=str(path))
     LOGGER.info('loaded %s into pairvpr_%s (%d missing, %d unexpected keys)', path, variant,
                 len(missing), len(unexpected))

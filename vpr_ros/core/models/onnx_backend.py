@@ -26,12 +26,14 @@ import shutil
 from typing import Optional, Sequence
 import uuid
 import warnings
+import weakref
 
 import numpy as np
 import torch
 from torch import nn
 
 from vpr_ros.core.errors import BackendError
+from vpr_ros.core.fusion import RerankScoring
 from vpr_ros.core.models.pair_scorer import is_broadcast, PairScorer
 from vpr_ros.core.models.spec import ModelSpec
 from vpr_ros.core.models.vpr_model import VprModel
@@ -259,6 +261,14 @@ def read_export_spec(directory: Path) -> ModelSpec:
     return ModelSpec.from_json(json.dumps(manifest['spec']))
 
 
+def onnxruntime_version() -> Optional[str]:
+    """Return the installed onnxruntime version, or None when it is not installed."""
+    try:
+        return _onnxruntime().__version__
+    except BackendError:
+        return None
+
+
 def _onnxruntime():
     """Import onnxruntime or raise :class:`BackendError` saying how to install it."""
     try:
@@ -334,6 +344,8 @@ class OnnxVprModel(VprModel):
                  micro_batch: int = 0) -> None:
         """Open one onnxruntime session per exported graph."""
         super().__init__()
+        self._rerank_scoring: Optional[RerankScoring] = None
+        self._scoring_source: Optional[weakref.ref] = None
         self.directory = Path(directory)
         self.spec = read_export_spec(self.directory)
         self.micro_batch = int(micro_batch)
@@ -347,6 +359,32 @@ class OnnxVprModel(VprModel):
         """Return the execution providers the encoder session actually uses."""
         return self._encoder.get_providers()
 
+    @property
+    def rerank_scoring(self) -> Optional[RerankScoring]:
+        """Return the fusion and calibration of the model the graphs came from.
+
+        Read from that model while it lives (so a calibration set on it later applies), else
+        the value given when the graphs were opened.
+        """
+        source = self._scoring_source() if self._scoring_source is not None else None
+        if source is not None:
+            return getattr(source, 'rerank_scoring', None)
+        return self._rerank_scoring
+
+    @rerank_scoring.setter
+    def rerank_scoring(self, value: Optional[RerankScoring]) -> None:
+        self._rerank_scoring, self._scoring_source = value, None
+
+    def follow_scoring(self, model: nn.Module) -> None:
+        """Take ``rerank_scoring`` from ``model`` (held weakly) from now on."""
+        self._rerank_scoring = getattr(model, 'rerank_scoring', None)
+        self._scoring_source = weakref.ref(model)
+
+    @property
+    def backend(self) -> str:
+        """Return the backend name: ``tensorrt`` or ``onnx``."""
+        return 'tensorrt' if self.providers[0] == 'TensorrtExecutionProvider' else 'onnx'
+
     def _session(self, name: str, providers: Sequence):
         """Return an onnxruntime session for graph ``name``, or None when it was not exported."""
         path = self.directory / name
@@ -356,6 +394,8 @@ class OnnxVprModel(VprModel):
         options = ort.SessionOptions()
         options.intra_op_num_threads = self._threads
         options.inter_op_num_threads = 1
+        # Idle intra-op threads sleep rather than spin: the CPU is shared with the robot's stack.
+        options.add_session_config_entry('session.intra_op.allow_spinning', '0')
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         resolved = [(p[0], {**p[1], **trt_profile_options(self.spec, name)})
                     if isinstance(p, tuple) and p[0] == 'TensorrtExecutionProvider' else p

@@ -8,7 +8,9 @@ the official re-ranking does. Stage-one training uses :meth:`PairVpr.reconstruct
 Registry entries ``pairvpr_vitb14``, ``pairvpr_vitl14`` and ``pairvpr_vitg14`` build the released
 configurations (322x322 input, decoder 768 wide, 12 heads, 12 blocks, 512-D descriptor); keyword
 overrides build other sizes and are recorded in ``ModelSpec.options`` so that checkpoints rebuild
-the same network.
+the same network. Their spec uses the ``'official'`` preprocessing (the official evaluation's
+PIL resize, see :mod:`vpr_ros.core.preprocessing`), which the released weights were trained and
+evaluated with.
 """
 
 from typing import Optional
@@ -20,7 +22,7 @@ from torch.nn import functional as F
 from vpr_ros.core.models.dinov2 import DinoV2Encoder, PATCH_SIZE
 from vpr_ros.core.models.pair_decoder import PairDecoder
 from vpr_ros.core.models.registry import ENCODERS, register_model
-from vpr_ros.core.models.spec import ModelSpec
+from vpr_ros.core.models.spec import ModelSpec, PREPROCESSING_OFFICIAL
 from vpr_ros.core.models.vpr_model import VprModel
 from vpr_ros.core.preprocessing import IMAGENET_MEAN, IMAGENET_STD
 
@@ -133,7 +135,8 @@ def build_pairvpr(variant: str, num_trainable_blocks: Optional[int] = None,
                      mean=IMAGENET_MEAN, std=IMAGENET_STD,
                      descriptor_dim=options['descriptor_dim'], token_dim=encoder.embed_dim,
                      num_tokens=side * side, has_pair_classifier=True,
-                     options=tuple(sorted(overrides.items())))
+                     options=tuple(sorted(overrides.items())),
+                     preprocessing=PREPROCESSING_OFFICIAL)
     return PairVpr(spec, encoder, decoder, options['descriptor_dim'])
 
 

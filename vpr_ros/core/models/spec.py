@@ -7,6 +7,11 @@ import json
 from vpr_ros.core.errors import CheckpointError
 
 SPEC_FORMAT_VERSION = 1
+PREPROCESSING_FLOAT = 'float'
+"""Resize the float image with PyTorch (antialiased bilinear, no rounding), then normalise."""
+PREPROCESSING_OFFICIAL = 'official'
+"""The official Pair-VPR evaluation transform: PIL bilinear resize to uint8, then normalise."""
+PREPROCESSING_MODES = (PREPROCESSING_FLOAT, PREPROCESSING_OFFICIAL)
 
 
 @dataclass(frozen=True)
@@ -15,6 +20,10 @@ class ModelSpec:
 
     ``architecture`` is a registry name; ``options`` are the keyword arguments that rebuild the
     same network from the registry (JSON-serialisable, stored as sorted ``(key, value)`` pairs).
+    ``preprocessing`` is one of :data:`PREPROCESSING_MODES` (see
+    :func:`vpr_ros.core.preprocessing.preprocess`). The JSON holds it only when it is not
+    :data:`PREPROCESSING_FLOAT`, so a spec in that mode has the JSON and digest it had before
+    the field existed, and a spec written without the field reads back in that mode.
     """
 
     architecture: str
@@ -27,11 +36,20 @@ class ModelSpec:
     has_pair_classifier: bool = False
     options: tuple = field(default=())
     format_version: int = SPEC_FORMAT_VERSION
+    preprocessing: str = PREPROCESSING_FLOAT
+
+    def __post_init__(self) -> None:
+        """Refuse an unknown ``preprocessing`` mode."""
+        if self.preprocessing not in PREPROCESSING_MODES:
+            raise ValueError(f'unknown preprocessing mode {self.preprocessing!r} '
+                             f'(expected one of {list(PREPROCESSING_MODES)})')
 
     def to_json(self) -> str:
-        """Serialise to a canonical JSON string."""
+        """Serialise to a canonical JSON string (``preprocessing`` only when not the default)."""
         data = asdict(self)
         data['options'] = dict(self.options)
+        if self.preprocessing == PREPROCESSING_FLOAT:
+            del data['preprocessing']
         return json.dumps(data, sort_keys=True)
 
     @classmethod
@@ -59,6 +77,7 @@ class ModelSpec:
                 has_pair_classifier=bool(data['has_pair_classifier']),
                 options=tuple(sorted(dict(data.get('options', {})).items())),
                 format_version=int(version),
+                preprocessing=str(data.get('preprocessing', PREPROCESSING_FLOAT)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(f'model spec field missing or malformed: {exc!r}') from exc

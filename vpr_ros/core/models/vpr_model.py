@@ -23,6 +23,8 @@ class VprModel(nn.Module):
 
     spec: ModelSpec
     rerank_scoring: Optional[RerankScoring] = None
+    onnx_exportable: bool = True
+    """False for models whose graphs must not be exported (``backend: auto`` keeps PyTorch)."""
 
     def describe(self, images: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """Return ``(global [B, D] L2-normalised, tokens [B, N, C] or None)`` in one pass."""
