@@ -49,3 +49,20 @@ def single_faiss_thread():
     faiss.omp_set_num_threads(1)
     yield
     faiss.omp_set_num_threads(threads)
+
+
+def scene_image(i: int):
+    """Return a ``[120, 160, 3] uint8`` blocky image of scene ``i`` (seeded, distinct scenes)."""
+    import cv2
+    import numpy as np
+    rng = np.random.default_rng(i)
+    return cv2.resize(rng.integers(0, 255, (6, 8, 3)).astype(np.uint8), (160, 120),
+                      interpolation=cv2.INTER_NEAREST)
+
+
+def write_utm_folder(root: Path, count: int) -> Path:
+    """Write ``count`` scene images named with UTM coordinates 10 m apart into ``root``."""
+    import cv2
+    for i in range(count):
+        cv2.imwrite(str(root / f'@{500000 + 10 * i}@{4000000}@@.png'), scene_image(i)[..., ::-1])
+    return root

@@ -5,8 +5,7 @@ import csv
 import json
 from pathlib import Path
 
-import cv2
-import numpy as np
+from conftest import scene_image, write_utm_folder
 import pytest
 
 from vpr_ros.core.bag import write_frames
@@ -15,19 +14,10 @@ from vpr_ros.core.frame import Frame
 from vpr_ros.core.geometry import pose_from_xy_yaw
 
 
-def _scene(i: int) -> np.ndarray:
-    rng = np.random.default_rng(i)
-    return cv2.resize(rng.integers(0, 255, (6, 8, 3)).astype(np.uint8), (160, 120),
-                      interpolation=cv2.INTER_NEAREST)
-
-
 @pytest.fixture(scope='module')
 def folder(tmp_path_factory) -> Path:
     """Six images named with UTM coordinates 10 m apart."""
-    root = tmp_path_factory.mktemp('images')
-    for i in range(6):
-        cv2.imwrite(str(root / f'@{500000 + 10 * i}@{4000000}@@.png'), _scene(i)[..., ::-1])
-    return root
+    return write_utm_folder(tmp_path_factory.mktemp('images'), 6)
 
 
 def test_map_build_info_localize(folder: Path, tmp_path: Path, capsys) -> None:
@@ -53,7 +43,7 @@ def test_localize_bag_to_json(folder: Path, tmp_path: Path) -> None:
     """A rosbag2 query input works like a folder; JSON output carries the same fields."""
     map_dir = tmp_path / 'map'
     assert vpr_map.main(['build', str(folder), '--out', str(map_dir)]) == 0
-    frames = [Frame(i * 10**8, _scene(i), pose_from_xy_yaw(i, 0, 0)) for i in (3, 1)]
+    frames = [Frame(i * 10**8, scene_image(i), pose_from_xy_yaw(i, 0, 0)) for i in (3, 1)]
     bag = write_frames(tmp_path / 'query_bag', frames, pose_topic='odom', storage='sqlite3')
     out = tmp_path / 'matches.json'
     assert vpr_localize.main([str(bag), '--map', str(map_dir), '--out', str(out),

@@ -12,6 +12,7 @@ import logging
 import math
 from pathlib import Path
 
+from conftest import scene_image, write_utm_folder
 import cv2
 import numpy as np
 import pytest
@@ -314,19 +315,10 @@ def test_load_model_converts_in_memory_with_one_info_line(official_file, caplog)
     assert_same_outputs(model, load_official_pairvpr(official_file, 'vitb14', **SIZES, **HEADS))
 
 
-def _scene(i: int) -> np.ndarray:
-    rng = np.random.default_rng(i)
-    return cv2.resize(rng.integers(0, 255, (6, 8, 3)).astype(np.uint8), (160, 120),
-                      interpolation=cv2.INTER_NEAREST)
-
-
 @pytest.fixture(scope='module')
 def folder(tmp_path_factory) -> Path:
     """Four images named with UTM coordinates 10 m apart."""
-    root = tmp_path_factory.mktemp('images')
-    for i in range(4):
-        cv2.imwrite(str(root / f'@{500000 + 10 * i}@{4000000}@@.png'), _scene(i)[..., ::-1])
-    return root
+    return write_utm_folder(tmp_path_factory.mktemp('images'), 4)
 
 
 FAST = ['--backend', 'torch', '--device', 'cpu']
@@ -352,7 +344,7 @@ def test_map_localize_eval_accept_the_official_file(official_file, folder, tmp_p
     for part in ('query', 'ref'):
         (dataset / part).mkdir(parents=True)
         for i in range(3):
-            cv2.imwrite(str(dataset / part / f'{i}.png'), _scene(i))
+            cv2.imwrite(str(dataset / part / f'{i}.png'), scene_image(i))
     (dataset / 'ground_truth.json').write_text(json.dumps(
         [{'query': i, 'positives': [i]} for i in range(3)]))
     assert vpr_eval.main(['--dataset-format', 'index-list', '--dataset', str(dataset),

@@ -45,9 +45,8 @@ from vpr_ros_training.config import config_as_dict, load_config, option
 from vpr_ros_training.evaluation import roc_auc
 from vpr_ros_training.route_features import encode_routes, gather_pairs
 from vpr_ros_training.route_features import mine_pairs, RouteFeatures, RoutesConfig, tokens_of
-from vpr_ros_training.run_folder import attach_log_files, describe_run, detach_log_files
-from vpr_ros_training.run_folder import git_state, make_deterministic, new_run_folder
-from vpr_ros_training.run_folder import REPO_ROOT, ScalarLog, write_json_atomic
+from vpr_ros_training.run_folder import git_state, REPO_ROOT, run_in_new_folder
+from vpr_ros_training.run_folder import write_json_atomic
 from vpr_ros_training.score_calibration import assess_scoring, BETAS, choose_beta
 from vpr_ros_training.score_calibration import fit_route_calibration, score_shortlists
 
@@ -395,19 +394,8 @@ def train_and_export(config: DefaultWeightsConfig, run_dir: Path, log: Log,
 
 def run_default_weights(config: DefaultWeightsConfig, argv: Sequence[str] = ()) -> dict:
     """Run the recipe in a new run folder; return the record (``run_dir`` added)."""
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    make_deterministic(config.seed)
-    run_dir = new_run_folder(config.output_root, STAGE)
-    handlers = attach_log_files(run_dir)
-    scalars = ScalarLog(run_dir)
-    try:
-        describe_run(run_dir, config, config.seed, 1)
-        record = train_and_export(config, run_dir, scalars.log, argv)
-    finally:
-        scalars.close()
-        detach_log_files(handlers)
-    return dict(record, run_dir=str(run_dir))
+    return run_in_new_folder(config, STAGE, lambda run_dir, log: train_and_export(
+        config, run_dir, log, argv))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

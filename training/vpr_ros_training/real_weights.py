@@ -47,9 +47,8 @@ from vpr_ros_training.default_weights import (evaluate_route, format_metrics,
                                               UNTRAINED_PREFIXES)
 from vpr_ros_training.real_vpr import Pairing, parse_pairing, read_rgb, Traversal
 from vpr_ros_training.route_features import RouteFeatures, RoutesConfig
-from vpr_ros_training.run_folder import (attach_log_files, detach_log_files, git_state,
-                                         make_deterministic, new_run_folder, REPO_ROOT,
-                                         ScalarLog, write_json_atomic)
+from vpr_ros_training.run_folder import (git_state, REPO_ROOT, run_in_new_folder,
+                                         write_json_atomic)
 from vpr_ros_training.score_calibration import (assess_scoring, choose_beta,
                                                 fit_route_calibration, score_shortlists)
 
@@ -461,18 +460,8 @@ def publish(config: RealWeightsConfig, checkpoint: Path, record: dict) -> Option
 
 def run_real_weights(config: RealWeightsConfig, argv: Sequence[str] = ()) -> dict:
     """Run the recipe in a new run folder; return the record (``run_dir`` added)."""
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    make_deterministic(config.seed)
-    run_dir = new_run_folder(config.output_root, STAGE)
-    handlers = attach_log_files(run_dir)
-    scalars = ScalarLog(run_dir)
-    try:
-        record = train_and_export(config, run_dir, scalars.log, argv)
-    finally:
-        scalars.close()
-        detach_log_files(handlers)
-    return dict(record, run_dir=str(run_dir))
+    return run_in_new_folder(config, STAGE, lambda run_dir, log: train_and_export(
+        config, run_dir, log, argv))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -15,7 +15,7 @@ import random
 import subprocess
 import sys
 import tempfile
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -145,6 +145,28 @@ class ScalarLog:
         """Flush and close TensorBoard."""
         if self.writer is not None:
             self.writer.close()
+
+
+def run_in_new_folder(config: Any, stage: str,
+                      body: Callable[[Path, Callable[[int, dict], None]], dict]) -> dict:
+    """Run a single-process recipe ``body(run_dir, log)`` in a new run folder.
+
+    ``config`` needs ``output_root``, ``seed`` and ``threads`` (0 = torch default). The folder
+    gets the config, the log files and the scalars; the returned record gains ``run_dir``.
+    """
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    make_deterministic(config.seed)
+    run_dir = new_run_folder(config.output_root, stage)
+    handlers = attach_log_files(run_dir)
+    scalars = ScalarLog(run_dir)
+    try:
+        describe_run(run_dir, config, config.seed, 1)
+        record = body(run_dir, scalars.log)
+    finally:
+        scalars.close()
+        detach_log_files(handlers)
+    return dict(record, run_dir=str(run_dir))
 
 
 def resolve_run_folder(output_root: str, stage: str, resume: str, is_main: bool) -> Path:
