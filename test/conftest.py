@@ -1,13 +1,21 @@
 """Shared pytest fixtures: paths to the repository and to the optional ../shared data."""
 
+import atexit
 import importlib.util
 import os
 from pathlib import Path
+import shutil
+import tempfile
 
 import pytest
 
 # DDS discovery stays on this machine (set before any test imports rclpy).
 os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
+# Exported ONNX graphs (backend auto) go to a folder of this test session, shared with the
+# nodes it starts: every run starts from an empty cache, whatever earlier runs left behind.
+if 'VPR_ROS_CACHE' not in os.environ:
+    os.environ['VPR_ROS_CACHE'] = tempfile.mkdtemp(prefix='vpr_ros_test_cache_')
+    atexit.register(shutil.rmtree, os.environ['VPR_ROS_CACHE'], ignore_errors=True)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # Without rclpy (a plain venv), the ROS test modules are not collected at all.

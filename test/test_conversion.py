@@ -352,3 +352,50 @@ def test_map_localize_eval_accept_the_official_file(official_file, folder, tmp_p
                           '--top-k', '3'] + FAST) == 0
     report = json.loads((tmp_path / 'report' / 'metrics.json').read_text())
     assert report['settings']['model'] == 'pairvpr_vitb14'
+
+
+DOC = Path(__file__).resolve().parents[1] / 'docs' / 'published_models.md'
+
+
+def doc_commands(names: tuple) -> list[list[str]]:
+    """Return the shell commands of docs/published_models.md that start with ``names``."""
+    import re
+    import shlex
+    commands = []
+    for block in re.findall(r'```bash\n(.*?)```', DOC.read_text(), flags=re.S):
+        text = re.sub(r'\\\n\s*', ' ', block)
+        for line in text.splitlines():
+            words = shlex.split(line, comments=True)
+            if words and words[0] in names:
+                commands.append(words)
+    return commands
+
+
+def test_published_models_doc_commands_run(official_file, folder, tmp_path) -> None:
+    """The convert, map and calibrate commands of the docs page run as written.
+
+    Only the files are the test's own (the tiny official-layout file, a small image folder and
+    validation set) and the GPU options become their CPU equivalents.
+    """
+    from vpr_ros.core.cli import vpr_calibrate
+    validation = tmp_path / 'my_validation'
+    for part in ('query', 'ref'):
+        (validation / part).mkdir(parents=True)
+        for i in range(3):
+            cv2.imwrite(str(validation / part / f'{i}.png'), scene_image(i))
+    (validation / 'ground_truth.json').write_text(json.dumps(
+        [{'query': i, 'positives': [i]} for i in range(3)]))
+    files = {'pairvpr-vitB.pth': str(official_file), 'path/to/mapping_run': str(folder),
+             'my_validation': str(validation), 'cuda': 'cpu', 'fp16': 'fp32'}
+    tools = {'vpr-convert': vpr_convert.main, 'vpr-map': vpr_map.main,
+             'vpr-calibrate': vpr_calibrate.main}
+    commands = doc_commands(tuple(tools))
+    assert [c[0] for c in commands] == ['vpr-convert', 'vpr-map', 'vpr-calibrate']
+    for words in commands:
+        args = [files.get(w, str(tmp_path / w) if w.startswith(('models/', 'maps/')) else w)
+                for w in words[1:]]
+        if words[0] == 'vpr-calibrate':
+            args = [a if a != '20' else '3' for a in args]
+        assert tools[words[0]](args) == 0, words
+    assert (tmp_path / 'models' / 'pairvpr_vitb14_calibrated.safetensors').is_file()
+    assert (tmp_path / 'maps' / 'site_vitb' / 'manifest.json').is_file()

@@ -35,7 +35,7 @@ def _one_thread() -> None:
 def small_model():
     """Build the default architecture with its ImageNet weights at a reduced input size."""
     from vpr_ros.core.models.registry import create_model
-    return create_model('efficientnet_lite0_gem', input_size=SMALL_INPUT)
+    return create_model('efficientnet_lite0_gem', input_size=SMALL_INPUT).eval()
 
 
 def _toy_traversals(count: int = 8, seed: int = 0) -> tuple[list, list]:

@@ -202,10 +202,16 @@ def test_out_of_order_stamp_and_nan_odometry_are_rejected(ros: Fixture) -> None:
 
 
 def test_stale_frames_are_dropped_and_the_newest_is_processed(ros: Fixture) -> None:
-    """A burst faster than inference drops frames; the last frame of the burst is answered."""
+    """A burst faster than inference drops frames; the last frame of the burst is answered.
+
+    The model is held busy (its lock taken) while the burst arrives, so the burst outruns
+    inference whatever the machine's load: the test waits on the node's counters, not on time.
+    """
     stats = ros.node.stats
     base = {k: stats.counter(k) for k in ('received', 'processed', 'dropped_stale')}
-    stamps = [ros.send(place_image(i % 10, 1)) for i in range(30)]
+    with ros.localizer._model_lock:      # the worker blocks in describe until the burst is in
+        stamps = [ros.send(place_image(i % 10, 1)) for i in range(30)]
+        wait_for(lambda: stats.counter('received') - base['received'] == 30, TIMEOUT_S)
     ros.matches(stamps[-1])
 
     def settled() -> bool:   # every received frame was either processed or dropped as stale

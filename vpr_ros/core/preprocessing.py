@@ -17,6 +17,7 @@ resize is done:
 
 from typing import Sequence, Union
 
+import cv2
 import numpy as np
 from PIL import Image
 import torch
@@ -94,10 +95,14 @@ def official_resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def _to_tensor(images: Sequence[np.ndarray], device: Device) -> torch.Tensor:
-    """Stack same-sized ``[H, W, 3] uint8`` images into a ``[B, 3, H, W] float32`` tensor."""
-    stacked = torch.from_numpy(np.stack(images)).to(device)
-    # Planar memory: the antialiased resize runs about 25 % faster on it, with identical values.
-    return stacked.permute(0, 3, 1, 2).float().contiguous()
+    """Stack same-sized ``[H, W, 3] uint8`` images into a ``[B, 3, H, W] float32`` tensor.
+
+    Planar memory: the antialiased resize runs about 25 % faster on it, with identical values.
+    OpenCV splits the channels (several times faster than a strided copy in PyTorch); the
+    conversion to float runs on ``device``, after the uint8 copy.
+    """
+    planar = np.stack([np.stack(cv2.split(image)) for image in images])
+    return torch.from_numpy(planar).to(device).float()
 
 
 def _resize(batch: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
