@@ -157,7 +157,9 @@ class ParameterGroup:
 
 LOCALIZER_RUNTIME = frozenset({'top_k', 'rerank', 'rerank_fusion', 'fusion_beta',
                                'rerank_batch_size', 'accept_probability', 'temporal_window',
-                               'temporal_max_distance_m', 'temporal_max_id_gap'})
+                               'temporal_max_distance_m', 'temporal_max_id_gap',
+                               'verify_top_n', 'min_inliers', 'verify_model',
+                               'verify_threshold'})
 LOCALIZE_GROUPS = (
     ParameterGroup('', LocalizeNodeConfig),
     ParameterGroup('localizer', LocalizerConfig, runtime=LOCALIZER_RUNTIME),
