@@ -38,6 +38,8 @@ MAP_T0_NS = 500 * 10**9
 QUERY_T0_NS = 9000 * 10**9
 TIMEOUT_S = 60.0
 DEPTH = 300
+IN_FLIGHT = 32
+"""Keyframes sent ahead of the builder (its queue holds 64)."""
 
 
 def _map_stamp(k: int) -> int:
@@ -147,15 +149,24 @@ def _nodes(graph: RosGraph, map_path: str) -> tuple[LocalizeNode, BuildMapNode]:
     return localize, builder
 
 
+def _state(node) -> str:
+    """Return every counter and rejection of ``node`` (for an assertion message)."""
+    return f'counters {node.stats.snapshot()!s}; rejections {node.stats.rejections()!s}'
+
+
 def _build_while_querying(probe: Probe, localize: LocalizeNode, builder: BuildMapNode) -> None:
     querying = threading.Thread(target=probe.query_until_stopped)
     querying.start()
     try:
+        def added() -> int:
+            return builder.stats.counter('keyframes_added')
         for k in range(KEYFRAMES):
+            # Back-pressure, as a camera driver cannot: at most IN_FLIGHT keyframes ahead of the
+            # builder, so a slow machine delays the test instead of overflowing its queue.
+            assert wait_for_progress(added, k - IN_FLIGHT, TIMEOUT_S), _state(builder)
             probe.send_keyframe(k)
             time.sleep(0.01)
-        assert wait_for_progress(lambda: builder.stats.counter('keyframes_added'), KEYFRAMES,
-                                 TIMEOUT_S), builder.stats.snapshot()
+        assert wait_for_progress(added, KEYFRAMES, TIMEOUT_S), _state(builder)
         reply = call_service(probe.node, Trigger, '/build_map/save', Trigger.Request())
         assert reply.success and f'saved {KEYFRAMES} places' in reply.message
         assert wait_for_progress(lambda: len(localize.localizer.database), KEYFRAMES, TIMEOUT_S)

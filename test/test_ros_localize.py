@@ -357,6 +357,8 @@ def test_a_changed_map_loads_while_the_node_keeps_working(ros: Fixture, tmp_path
         assert old.candidates[0].map_id == 3 and len(node.localizer.database) == len(PLACES)
         release.set()
         assert wait_for(lambda: len(node.localizer.database) == 12, TIMEOUT_S)
+        # The counter follows the swap of the map: wait for it rather than read it at once.
+        assert wait_for(lambda: node.stats.counter('map_reloads') >= 1, TIMEOUT_S)
         assert node.stats.counter('map_reloads') == 1
         assert node.stats.counter('map_reload_failures') == 0
     finally:
