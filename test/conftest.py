@@ -2,6 +2,7 @@
 
 import atexit
 import importlib.util
+import json
 import os
 from pathlib import Path
 import shutil
@@ -74,3 +75,32 @@ def write_utm_folder(root: Path, count: int) -> Path:
     for i in range(count):
         cv2.imwrite(str(root / f'@{500000 + 10 * i}@{4000000}@@.png'), scene_image(i)[..., ::-1])
     return root
+
+
+def write_index_list(root: Path, count: int) -> Path:
+    """Write an index-list dataset of ``count`` scenes (query ``i`` matches reference ``i``)."""
+    import cv2
+    for part in ('query', 'ref'):
+        (root / part).mkdir(parents=True)
+        for i in range(count):
+            cv2.imwrite(str(root / part / f'{i}.png'), scene_image(i))
+    (root / 'ground_truth.json').write_text(json.dumps(
+        [{'query': i, 'positives': [i]} for i in range(count)]))
+    return root
+
+
+def official_random_tensor(key: str, shape: tuple, gen):
+    """Draw a non-trivial value for an official Pair-VPR parameter (the golden fixture's rules)."""
+    import math
+    import numpy as np
+    import torch
+    normal = torch.randn(shape, generator=gen)
+    if key.endswith('gamma'):
+        return 0.25 + 0.75 * torch.rand(shape, generator=gen)
+    if key.endswith('bias'):
+        return 0.05 * normal
+    if key.endswith('weight') and 'norm' in key.split('.')[-2]:
+        return 1 + 0.1 * normal
+    if key.endswith('weight'):
+        return normal / math.sqrt(int(np.prod(shape[1:])))
+    return 0.5 * normal

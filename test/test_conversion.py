@@ -9,12 +9,9 @@ built on the meta device (shapes without data) to check the variant inference.
 import csv
 import json
 import logging
-import math
 from pathlib import Path
 
-from conftest import scene_image, write_utm_folder
-import cv2
-import numpy as np
+from conftest import official_random_tensor, write_index_list, write_utm_folder
 import pytest
 from safetensors import safe_open
 from safetensors.torch import save_file
@@ -46,26 +43,12 @@ def _one_thread():
     torch.set_num_threads(1)
 
 
-def random_value(key: str, shape: tuple, gen: torch.Generator) -> torch.Tensor:
-    """Draw a non-trivial value for an official parameter (the golden fixture's rules)."""
-    normal = torch.randn(shape, generator=gen)
-    if key.endswith('gamma'):
-        return 0.25 + 0.75 * torch.rand(shape, generator=gen)
-    if key.endswith('bias'):
-        return 0.05 * normal
-    if key.endswith('weight') and 'norm' in key.split('.')[-2]:
-        return 1 + 0.1 * normal
-    if key.endswith('weight'):
-        return normal / math.sqrt(int(np.prod(shape[1:])))
-    return 0.5 * normal
-
-
 def official_state(variant: str = 'vitb14', seed: int = 0, sizes: dict = None,
                    heads: dict = None) -> dict:
     """Return a random state dict under the official Pair-VPR names for a tiny network."""
     model = create_model(f'pairvpr_{variant}', **(sizes or SIZES), **(heads or HEADS))
     gen = torch.Generator().manual_seed(seed)
-    return {key: random_value(key, tuple(value.shape), gen)
+    return {key: official_random_tensor(key, tuple(value.shape), gen)
             for key, value in to_official_state_dict(model).items()}
 
 
@@ -73,7 +56,7 @@ def dinov2_state(seed: int = 0) -> dict:
     """Return a random DINOv2 hub state dict (no prefix) of a tiny ViT-B-like encoder."""
     encoder = create_model('pairvpr_vitb14', **SIZES, **HEADS).encoder
     gen = torch.Generator().manual_seed(seed)
-    return {key: random_value(key, tuple(value.shape), gen)
+    return {key: official_random_tensor(key, tuple(value.shape), gen)
             for key, value in to_official_keys(encoder.state_dict(), False).items()}
 
 
@@ -340,13 +323,7 @@ def test_map_localize_eval_accept_the_official_file(official_file, folder, tmp_p
         assert len(rows) == 8 and all(r['pair_score'] not in ('', 'nan') for r in rows)
         results.append([(r['map_id'], r['global_similarity'], r['pair_score']) for r in rows])
     assert results[0] == results[1]  # the in-memory conversion is the converted file
-    dataset = tmp_path / 'dataset'
-    for part in ('query', 'ref'):
-        (dataset / part).mkdir(parents=True)
-        for i in range(3):
-            cv2.imwrite(str(dataset / part / f'{i}.png'), scene_image(i))
-    (dataset / 'ground_truth.json').write_text(json.dumps(
-        [{'query': i, 'positives': [i]} for i in range(3)]))
+    dataset = write_index_list(tmp_path / 'dataset', 3)
     assert vpr_eval.main(['--dataset-format', 'index-list', '--dataset', str(dataset),
                           '--out', str(tmp_path / 'report'), '--checkpoint', str(official_file),
                           '--top-k', '3'] + FAST) == 0
@@ -378,13 +355,7 @@ def test_published_models_doc_commands_run(official_file, folder, tmp_path) -> N
     validation set) and the GPU options become their CPU equivalents.
     """
     from vpr_ros.core.cli import vpr_calibrate
-    validation = tmp_path / 'my_validation'
-    for part in ('query', 'ref'):
-        (validation / part).mkdir(parents=True)
-        for i in range(3):
-            cv2.imwrite(str(validation / part / f'{i}.png'), scene_image(i))
-    (validation / 'ground_truth.json').write_text(json.dumps(
-        [{'query': i, 'positives': [i]} for i in range(3)]))
+    validation = write_index_list(tmp_path / 'my_validation', 3)
     files = {'pairvpr-vitB.pth': str(official_file), 'path/to/mapping_run': str(folder),
              'my_validation': str(validation), 'cuda': 'cpu', 'fp16': 'fp32'}
     tools = {'vpr-convert': vpr_convert.main, 'vpr-map': vpr_map.main,

@@ -11,6 +11,7 @@ import inspect
 import json
 import math
 
+from conftest import official_random_tensor
 import numpy as np
 import pytest
 from safetensors import safe_open
@@ -89,24 +90,10 @@ def official_layout(swiglu: bool = False) -> dict:
             **decoder_layout(ENC_DIM, DEC_DIM, DEC_DEPTH, GRID * GRID, DESC)}
 
 
-def random_tensor(key: str, shape: tuple, gen: torch.Generator) -> torch.Tensor:
-    """Draw a non-trivial value for an official parameter (the golden fixture's rules)."""
-    normal = torch.randn(shape, generator=gen)
-    if key.endswith('gamma'):
-        return 0.25 + 0.75 * torch.rand(shape, generator=gen)
-    if key.endswith('bias'):
-        return 0.05 * normal
-    if key.endswith('weight') and 'norm' in key.split('.')[-2]:
-        return 1 + 0.1 * normal
-    if key.endswith('weight'):
-        return normal / math.sqrt(np.prod(shape[1:]))
-    return 0.5 * normal
-
-
 def random_official_state(swiglu: bool = False, seed: int = 0) -> dict:
     """Return a random official state dict for the small network."""
     gen = torch.Generator().manual_seed(seed)
-    return {key: random_tensor(key, shape, gen)
+    return {key: official_random_tensor(key, shape, gen)
             for key, shape in official_layout(swiglu).items()}
 
 
