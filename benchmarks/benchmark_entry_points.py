@@ -28,14 +28,14 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from vpr_ros.core.openmp import available_cpus
+from vpr_ros.openmp import available_cpus
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ENTRY_POINTS = {
-    'vpr-eval': 'vpr_ros.core.cli.vpr_eval',
-    'vpr-map': 'vpr_ros.core.cli.vpr_map',
-    'vpr-localize': 'vpr_ros.core.cli.vpr_localize',
-    'vpr-demo': 'vpr_ros.core.cli.demo',
+    'vpr-eval': 'vpr_ros.cli.vpr_eval',
+    'vpr-map': 'vpr_ros.cli.vpr_map',
+    'vpr-localize': 'vpr_ros.cli.vpr_localize',
+    'vpr-demo': 'vpr_ros.cli.demo',
     'localize': 'vpr_ros.ros.localize_node',
     'build_map': 'vpr_ros.ros.build_map_node',
 }
@@ -45,11 +45,11 @@ CHILD = """
 import importlib, json, sys, time
 importlib.import_module(sys.argv[1])
 import cv2, numpy as np, torch
-from vpr_ros.core.config import LocalizerConfig
-from vpr_ros.core.database import MapDatabase
-from vpr_ros.core.localizer import Localizer
-from vpr_ros.core.models.checkpoint import load_pretrained
-from vpr_ros.core.openmp import shares_one_runtime
+from vpr_ros.config import LocalizerConfig
+from vpr_ros.map.database import MapDatabase
+from vpr_ros.localization.localizer import Localizer
+from vpr_ros.models.checkpoint import load_pretrained
+from vpr_ros.openmp import shares_one_runtime
 count, repeats = int(sys.argv[2]), int(sys.argv[3])
 rng = np.random.default_rng(0)
 images = [cv2.resize(rng.integers(0, 256, (15, 20, 3), np.uint8), (320, 240),

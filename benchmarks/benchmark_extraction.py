@@ -27,11 +27,11 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from vpr_ros.core.config import LocalizerConfig
-from vpr_ros.core.database import MapDatabase
-from vpr_ros.core.localizer import Localizer
-from vpr_ros.core.models.backend import apply_backend
-from vpr_ros.core.preprocessing import preprocess
+from vpr_ros.config import LocalizerConfig
+from vpr_ros.localization.localizer import Localizer
+from vpr_ros.map.database import MapDatabase
+from vpr_ros.models.backend import apply_backend
+from vpr_ros.models.preprocessing import preprocess
 
 MATMUL_SIZE = 1024
 MATMUL_REPEATS = 20

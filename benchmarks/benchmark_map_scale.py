@@ -30,9 +30,9 @@ import faiss
 from harness import set_threads
 import numpy as np
 
-from vpr_ros.core.config import IndexConfig
-from vpr_ros.core.database import MapDatabase, MapEntry
-from vpr_ros.core.models.spec import ModelSpec
+from vpr_ros.config import IndexConfig
+from vpr_ros.map.database import MapDatabase, MapEntry
+from vpr_ros.models.spec import ModelSpec
 
 TOP_K = 10
 REFINE_K = 100

@@ -24,9 +24,9 @@ from typing import Optional, Sequence
 from harness import (add_common_arguments, export_cache, load_lite, random_images,
                      set_threads, synthetic_map)
 
-from vpr_ros.core.config import LocalizerConfig
-from vpr_ros.core.localizer import Localizer
-from vpr_ros.core.models.backend import apply_backend
+from vpr_ros.config import LocalizerConfig
+from vpr_ros.localization.localizer import Localizer
+from vpr_ros.models.backend import apply_backend
 
 OUTPUTS = ('matches', 'pose', 'loop_closure')
 

@@ -16,10 +16,10 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 
-from vpr_ros.core.config import IndexConfig
-from vpr_ros.core.database import MapDatabase, MapEntry
-from vpr_ros.core.models.registry import create_model
-from vpr_ros.core.preprocessing import preprocess
+from vpr_ros.config import IndexConfig
+from vpr_ros.map.database import MapDatabase, MapEntry
+from vpr_ros.models.preprocessing import preprocess
+from vpr_ros.models.registry import create_model
 
 DEFAULT_MODELS = ('efficientnet_lite0_gem', 'pairvpr_lite', 'pairvpr_vitb14')
 
@@ -65,7 +65,7 @@ def bench_search(dim: int, size: int, queries: int) -> dict:
 
 
 def _search_ms(db: np.ndarray, q: np.ndarray, kind: str) -> float:
-    from vpr_ros.core.models.spec import ModelSpec
+    from vpr_ros.models.spec import ModelSpec
     spec = ModelSpec('benchmark', (1, 1), (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), db.shape[1])
     database = MapDatabase(spec, IndexConfig(kind=kind), store_tokens=False)
     database.add(db, [MapEntry(-1, i, None, None, '', None) for i in range(len(db))], None)

@@ -24,9 +24,9 @@ from harness import (add_common_arguments, export_cache, interleaved, load_lite,
 import numpy as np
 import torch
 
-from vpr_ros.core.config import LocalizerConfig
-from vpr_ros.core.localizer import Localizer
-from vpr_ros.core.models.backend import apply_backend
+from vpr_ros.config import LocalizerConfig
+from vpr_ros.localization.localizer import Localizer
+from vpr_ros.models.backend import apply_backend
 
 VARIANTS = (('torch fp32 (shared query)', 'torch', 'fp32'),
             ('onnx fp32 (onnxruntime, shared query)', 'onnx', 'fp32'),

@@ -4,7 +4,8 @@ Run: ``.venv/bin/python benchmarks/benchmark_verification.py [--queries 10 --top
 
 Timing (always): the re-ranking of a top-K shortlist (:meth:`Localizer.score_pairs`, ``torch``
 backend, float16 map tokens) against the geometric verification
-(:func:`~vpr_ros.core.verification.count_inliers`: mutual nearest neighbours of the token grids,
+(:func:`~vpr_ros.localization.verification.count_inliers`: mutual nearest neighbours of the
+token grids,
 then RANSAC) of the best ``--verify-top-n`` candidates, per model, alternated round by round in
 the same process. Every query is a noisy copy of one of its candidates, so the RANSAC sees a
 real match among random ones. Printed: milliseconds per candidate and the ratio of the
@@ -30,10 +31,10 @@ from harness import (add_common_arguments, interleaved, load_lite, set_threads, 
                      unit_rows)
 import numpy as np
 
-from vpr_ros.core.config import LocalizerConfig, VERIFY_MODELS
-from vpr_ros.core.database import MapDatabase, MapEntry
-from vpr_ros.core.localizer import Localizer
-from vpr_ros.core.verification import count_inliers, token_grid
+from vpr_ros.config import LocalizerConfig, VERIFY_MODELS
+from vpr_ros.localization.localizer import Localizer
+from vpr_ros.localization.verification import count_inliers, token_grid
+from vpr_ros.map.database import MapDatabase, MapEntry
 
 GAMMAS = (0.0, 0.1, 0.2, 0.5, 1.0)
 INLIER_THRESHOLDS = (10, 20, 30, 40, 60, 80)
@@ -108,7 +109,7 @@ def timing(model, weights: str, args: argparse.Namespace) -> None:
 
 def separation(model, root: Path, args: argparse.Namespace) -> None:
     """Print the separation of right and wrong best matches on the validation sets."""
-    from vpr_ros.core.image_codec import read_image_file
+    from vpr_ros.data.image_codec import read_image_file
     config = LocalizerConfig(device='cpu', backend='torch', top_k=args.top_k)
     describer = Localizer(model, MapDatabase(model.spec), config)
     sets = {

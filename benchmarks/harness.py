@@ -15,10 +15,10 @@ from typing import Callable, Iterator, Optional, Sequence
 import numpy as np
 import torch
 
-from vpr_ros.core.database import MapDatabase, MapEntry
-from vpr_ros.core.models.checkpoint import load_checkpoint
-from vpr_ros.core.models.registry import create_model
-from vpr_ros.core.models.spec import ModelSpec
+from vpr_ros.map.database import MapDatabase, MapEntry
+from vpr_ros.models.checkpoint import load_checkpoint
+from vpr_ros.models.registry import create_model
+from vpr_ros.models.spec import ModelSpec
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHIPPED_WEIGHTS = REPO_ROOT / 'vpr_ros' / 'weights' / 'pairvpr_lite.safetensors'

@@ -35,11 +35,11 @@ from fuzzing import fuzz, json_edited, mutated
 from hypothesis import given, strategies as st
 import numpy as np
 
-from vpr_ros.core import database
-from vpr_ros.core.config import IndexConfig
-from vpr_ros.core.database import MapDatabase
-from vpr_ros.core.errors import MapError
-from vpr_ros.core.models.spec import ModelSpec
+from vpr_ros.config import IndexConfig
+from vpr_ros.errors import MapError
+from vpr_ros.map import database
+from vpr_ros.map.database import MapDatabase
+from vpr_ros.models.spec import ModelSpec
 
 DIM = 16
 TOKENS = (4, 8)

@@ -22,10 +22,10 @@ from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
 import torch
 
-from vpr_ros.core.config import LocalizerConfig
-from vpr_ros.core.database import MapDatabase
-from vpr_ros.core.geometry import pose_from_xy_yaw
-from vpr_ros.core.localizer import Localizer
+from vpr_ros.config import LocalizerConfig
+from vpr_ros.geometry import pose_from_xy_yaw
+from vpr_ros.localization.localizer import Localizer
+from vpr_ros.map.database import MapDatabase
 from vpr_ros.ros.vpr_node import spin_in_background
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -42,7 +42,7 @@ def domain_id(offset: int = 0) -> int:
 @lru_cache(maxsize=1)
 def tiny_model():
     """EfficientNet-Lite0 + GeM, ImageNet weights, small input size (one per process)."""
-    from vpr_ros.core.models.registry import create_model
+    from vpr_ros.models.registry import create_model
     torch.set_num_threads(1)
     return create_model('efficientnet_lite0_gem', pretrained=True, input_size=MODEL_INPUT).eval()
 

@@ -5,12 +5,12 @@ import logging
 
 import pytest
 import torch
-from vpr_ros.core.config import LocalizerConfig
-from vpr_ros.core.database import MapDatabase
-from vpr_ros.core.localizer import Localizer
-from vpr_ros.core.models import backend as backends
-from vpr_ros.core.models.registry import create_model
-from vpr_ros.ros.slow_model import SlowPoolingModel
+from vpr_ros.config import LocalizerConfig
+from vpr_ros.localization.localizer import Localizer
+from vpr_ros.map.database import MapDatabase
+from vpr_ros.models import backend as backends
+from vpr_ros.models.registry import create_model
+from vpr_ros.ros.tools.slow_model import SlowPoolingModel
 
 pytest.importorskip('onnxruntime', reason='onnxruntime is not installed')
 SIZE = (64, 96)

@@ -1,4 +1,4 @@
-"""Tests of vpr_ros.core.bag with real rosbag2 bags (mcap and sqlite3) written at test time."""
+"""Tests of vpr_ros.data.bag with real rosbag2 bags (mcap and sqlite3) written at test time."""
 
 import array
 import math
@@ -10,10 +10,10 @@ import pytest
 from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import get_typestore, Stores
 
-from vpr_ros.core.bag import decode_image_message, list_topics, read_frames, write_frames
-from vpr_ros.core.errors import BagError, ImageDecodeError
-from vpr_ros.core.frame import Frame
-from vpr_ros.core.geometry import Pose, pose_from_xy_yaw
+from vpr_ros.data.bag import decode_image_message, list_topics, read_frames, write_frames
+from vpr_ros.data.frame import Frame
+from vpr_ros.errors import BagError, ImageDecodeError
+from vpr_ros.geometry import Pose, pose_from_xy_yaw
 
 STORE = get_typestore(Stores.ROS2_JAZZY)
 T0 = 1_700_000_000_123_456_789

@@ -7,14 +7,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vpr_ros.core.benchmark_datasets import (
-    EvalDataset, load_dataset, nordland_positives, pairs_from_traversals, read_bag_pair,
-    read_folder_dataset, read_index_list_dataset, read_msls_test, read_msls_val, read_nordland,
-    read_pittsburgh, read_tokyo247, write_msls_submission)
-from vpr_ros.core.errors import DatasetError
-from vpr_ros.core.frame import Frame
-from vpr_ros.core.geometry import pose_from_xy_yaw
-from vpr_ros.core.image_codec import encode_compressed
+from vpr_ros.data.benchmark_datasets import (EvalDataset, load_dataset, nordland_positives,
+                                             pairs_from_traversals, read_bag_pair,
+                                             read_folder_dataset, read_index_list_dataset,
+                                             read_msls_test, read_msls_val, read_nordland,
+                                             read_pittsburgh, read_tokyo247, write_msls_submission)
+from vpr_ros.data.frame import Frame
+from vpr_ros.data.image_codec import encode_compressed
+from vpr_ros.errors import DatasetError
+from vpr_ros.geometry import pose_from_xy_yaw
 
 
 def _image(seed: int, height: int = 6, width: int = 8) -> np.ndarray:
@@ -314,7 +315,7 @@ def test_pairs_from_traversals_radius_and_heading(tmp_path: Path) -> None:
 @pytest.mark.parametrize('storage', ['mcap', 'sqlite3'])
 def test_bag_pair_reader(tmp_path: Path, storage: str) -> None:
     """Two bags written with rosbags give the same pairs as the frames they hold."""
-    from vpr_ros.core.bag import write_frames
+    from vpr_ros.data.bag import write_frames
     database = _frames([(0, 0, 0.0), (10, 0, 0.0), (40, 0, 0.0)], 0)
     queries = [Frame(10**9 + f.stamp_ns, f.image, f.pose, f.source)
                for f in _frames([(2, 0, 0.0), (38, 0, 0.0)], 20)]
@@ -387,7 +388,7 @@ def test_loop_matrix_npy_mat_npz_match_brute_force(tmp_path: Path) -> None:
     """A square matrix in .npy, .mat (found among other variables, or sparse) or .npz agrees."""
     from scipy.io import savemat
     from scipy.sparse import csc_matrix
-    from vpr_ros.core.benchmark_datasets import read_loop_matrix_dataset
+    from vpr_ros.data.benchmark_datasets import read_loop_matrix_dataset
     root = _sequence_images(tmp_path / 'seq')
     matrix = _loop_matrix()
     np.save(root / 'gt.npy', matrix)
@@ -411,7 +412,7 @@ def test_loop_matrix_npy_mat_npz_match_brute_force(tmp_path: Path) -> None:
 def test_loop_matrix_errors_name_the_problem(tmp_path: Path) -> None:
     """Non-square, not 2-D, wrong size, ambiguous, missing, pickled or NaN matrices are named."""
     from scipy.io import savemat
-    from vpr_ros.core.benchmark_datasets import read_loop_matrix_dataset
+    from vpr_ros.data.benchmark_datasets import read_loop_matrix_dataset
     root = _sequence_images(tmp_path / 'seq')
     cases = {'rect.npy': (np.zeros((30, 29)), 'not square: shape \\(30, 29\\)'),
              'cube.npy': (np.zeros((30, 30, 2)), 'shape \\(30, 30, 2\\).*2-D'),
@@ -469,7 +470,7 @@ def _write_kitti(root: Path, centres: np.ndarray) -> Path:
 
 def test_kitti_poses_positives_match_brute_force(tmp_path: Path) -> None:
     """Positives are the frames at least min-gap back within the radius (3-D, inclusive)."""
-    from vpr_ros.core.benchmark_datasets import read_kitti_poses_dataset
+    from vpr_ros.data.benchmark_datasets import read_kitti_poses_dataset
     root = _sequence_images(tmp_path / '00', folder='image_2')
     centres = _kitti_trajectory()
     _write_kitti(root, centres)
@@ -488,7 +489,7 @@ def test_kitti_poses_positives_match_brute_force(tmp_path: Path) -> None:
 
 def test_kitti_poses_errors_name_the_problem(tmp_path: Path) -> None:
     """A short line, a word, a missing pose or image folder is a DatasetError naming it."""
-    from vpr_ros.core.benchmark_datasets import read_kitti_poses_dataset
+    from vpr_ros.data.benchmark_datasets import read_kitti_poses_dataset
     root = _sequence_images(tmp_path / '00')
     path = _write_kitti(root, _kitti_trajectory())
     lines = path.read_text().splitlines()
@@ -509,7 +510,7 @@ def test_kitti_poses_errors_name_the_problem(tmp_path: Path) -> None:
 
 def test_sequence_exclusion_by_time_matches_brute_force(tmp_path: Path) -> None:
     """The map of frame i: frames <= i - gap stamped at least exclude_recent_s earlier."""
-    from vpr_ros.core.benchmark_datasets import read_loop_matrix_dataset
+    from vpr_ros.data.benchmark_datasets import read_loop_matrix_dataset
     root = _sequence_images(tmp_path / 'seq')
     np.save(root / 'gt.npy', _loop_matrix())
     rng = np.random.default_rng(5)
@@ -537,7 +538,7 @@ def test_sequence_exclusion_by_time_matches_brute_force(tmp_path: Path) -> None:
 
 def test_sequence_exclusion_needs_stamps(tmp_path: Path) -> None:
     """Without stamps (plain image files) a time exclusion is refused, naming the remedies."""
-    from vpr_ros.core.benchmark_datasets import read_loop_matrix_dataset
+    from vpr_ros.data.benchmark_datasets import read_loop_matrix_dataset
     root = _sequence_images(tmp_path / 'seq')
     np.save(root / 'gt.npy', _loop_matrix())
     with pytest.raises(DatasetError, match='needs frame stamps.*times.*frame rate'):
@@ -554,7 +555,7 @@ def test_sequence_exclusion_needs_stamps(tmp_path: Path) -> None:
 
 def test_sequence_min_gap_is_inclusive(tmp_path: Path) -> None:
     """A revisit exactly min-gap frames back is a positive and in the map; one less is not."""
-    from vpr_ros.core.benchmark_datasets import read_sequence_dataset
+    from vpr_ros.data.benchmark_datasets import read_sequence_dataset
     root = _sequence_images(tmp_path / 'seq', count=12)
     loops = [{'frame': 11, 'revisits': [1]}, {'frame': 10, 'revisits': [1]}]
     (root / 'ground_truth.json').write_text(json.dumps(

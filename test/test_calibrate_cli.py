@@ -18,20 +18,20 @@ import pytest
 from safetensors import safe_open
 import torch
 
-from vpr_ros.core.benchmark_datasets import EvalDataset
-from vpr_ros.core.calibration import Calibration
-from vpr_ros.core.cli import vpr_calibrate, vpr_convert
-from vpr_ros.core.cli.vpr_calibrate import (CalibrationSet, choose_beta, collect_shortlists,
-                                            fit_scoring, Shortlists, write_scoring)
-from vpr_ros.core.config import IndexConfig, LocalizerConfig
-from vpr_ros.core.database import MapDatabase
-from vpr_ros.core.errors import CheckpointError, DatasetError
-from vpr_ros.core.fusion import RerankScoring
-from vpr_ros.core.localizer import Localizer
-from vpr_ros.core.models.checkpoint import (load_checkpoint, load_pretrained,
-                                            shipped_weights_path, to_official_state_dict)
-from vpr_ros.core.models.registry import create_model
-from vpr_ros.core.sample import render_traversal, RouteConfig
+from vpr_ros.cli import vpr_calibrate, vpr_convert
+from vpr_ros.cli.vpr_calibrate import (CalibrationSet, choose_beta, collect_shortlists,
+                                       fit_scoring, Shortlists, write_scoring)
+from vpr_ros.config import IndexConfig, LocalizerConfig
+from vpr_ros.data.benchmark_datasets import EvalDataset
+from vpr_ros.errors import CheckpointError, DatasetError
+from vpr_ros.localization.localizer import Localizer
+from vpr_ros.map.database import MapDatabase
+from vpr_ros.models.calibration import Calibration
+from vpr_ros.models.checkpoint import (load_checkpoint, load_pretrained, shipped_weights_path,
+                                       to_official_state_dict)
+from vpr_ros.models.fusion import RerankScoring
+from vpr_ros.models.registry import create_model
+from vpr_ros.sample.renderer import render_traversal, RouteConfig
 
 FAST = ['--backend', 'torch', '--device', 'cpu']
 ROUTE = RouteConfig(length_m=120.0, frames_per_traversal=24)

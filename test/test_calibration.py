@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from vpr_ros.core.calibration import Calibration, fit_calibration
-from vpr_ros.core.errors import ConfigError
+from vpr_ros.errors import ConfigError
+from vpr_ros.models.calibration import Calibration, fit_calibration
 
 
 def test_probability_closed_form() -> None:

@@ -17,11 +17,10 @@ import pytest
 from safetensors.torch import load_file, save_file
 import torch
 
-from vpr_ros.core.errors import CheckpointError
-from vpr_ros.core.models.checkpoint import (checkpoint_digest, load_checkpoint,
-                                            read_checkpoint_spec, read_official_state_dict,
-                                            save_checkpoint, tensor_digest)
-from vpr_ros.core.models.registry import create_model
+from vpr_ros.errors import CheckpointError
+from vpr_ros.models.checkpoint import (checkpoint_digest, load_checkpoint, read_checkpoint_spec,
+                                       read_official_state_dict, save_checkpoint, tensor_digest)
+from vpr_ros.models.registry import create_model
 
 ARCH = 'efficientnet_lite0_gem'
 

@@ -8,10 +8,10 @@ from pathlib import Path
 from conftest import scene_image, write_utm_folder
 import pytest
 
-from vpr_ros.core.bag import write_frames
-from vpr_ros.core.cli import vpr_eval, vpr_localize, vpr_map
-from vpr_ros.core.frame import Frame
-from vpr_ros.core.geometry import pose_from_xy_yaw
+from vpr_ros.cli import vpr_eval, vpr_localize, vpr_map
+from vpr_ros.data.bag import write_frames
+from vpr_ros.data.frame import Frame
+from vpr_ros.geometry import pose_from_xy_yaw
 
 
 @pytest.fixture(scope='module')

@@ -53,7 +53,7 @@ def test_layout(install: Path) -> None:
 def test_shipped_weights_are_installed_with_the_package(install: Path) -> None:
     """The installed vpr_ros finds its shipped pair-classifier weights inside the install."""
     site = next(install.glob('lib/python*/site-packages'))
-    code = ('from vpr_ros.core.models.checkpoint import shipped_weights_path as p; '
+    code = ('from vpr_ros.models.checkpoint import shipped_weights_path as p; '
             "print(p('pairvpr_lite'))")
     out = subprocess.run([sys.executable, '-c', code], env=dict(os.environ, PYTHONPATH=str(site)),
                          cwd=install, capture_output=True, text=True, timeout=120)

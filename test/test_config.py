@@ -5,10 +5,9 @@ from dataclasses import fields, FrozenInstanceError
 
 import pytest
 
-from vpr_ros.core.cli.arguments import add_config_arguments, config_from_args
-from vpr_ros.core.config import (config_from_dict, config_to_dict, IndexConfig,
-                                 LocalizerConfig)
-from vpr_ros.core.errors import ConfigError
+from vpr_ros.cli.arguments import add_config_arguments, config_from_args
+from vpr_ros.config import config_from_dict, config_to_dict, IndexConfig, LocalizerConfig
+from vpr_ros.errors import ConfigError
 
 CONFIGS = [IndexConfig, LocalizerConfig]
 

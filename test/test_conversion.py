@@ -17,15 +17,14 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 import torch
 
-from vpr_ros.core.cli import vpr_convert, vpr_eval, vpr_localize, vpr_map
-from vpr_ros.core.errors import CheckpointError
-from vpr_ros.core.localizer import load_model
-from vpr_ros.core.models.checkpoint import (load_checkpoint, load_official_pairvpr,
-                                            save_checkpoint, to_official_state_dict)
-from vpr_ros.core.models.conversion import (convert_official_file, inspect_official,
-                                            load_any_checkpoint)
-from vpr_ros.core.models.dinov2 import to_official_keys
-from vpr_ros.core.models.registry import create_model
+from vpr_ros.cli import vpr_convert, vpr_eval, vpr_localize, vpr_map
+from vpr_ros.errors import CheckpointError
+from vpr_ros.models.checkpoint import (load_checkpoint, load_official_pairvpr, save_checkpoint,
+                                       to_official_state_dict)
+from vpr_ros.models.conversion import convert_official_file, inspect_official, load_any_checkpoint
+from vpr_ros.models.dinov2 import to_official_keys
+from vpr_ros.models.loader import load_model
+from vpr_ros.models.registry import create_model
 
 # Heads 64 wide, so the head counts are inferred from the widths.
 SIZES = {'encoder_dim': 128, 'encoder_depth': 2, 'decoder_dim': 64, 'decoder_depth': 1,
@@ -291,7 +290,7 @@ def test_vpr_convert_command(official_file, tmp_path, capsys) -> None:
 def test_load_model_converts_in_memory_with_one_info_line(official_file, caplog) -> None:
     with caplog.at_level(logging.INFO, logger='vpr_ros'):
         model = load_model(str(official_file))
-    lines = [r for r in caplog.records if r.name == 'vpr_ros.core.models.conversion']
+    lines = [r for r in caplog.records if r.name == 'vpr_ros.models.conversion']
     assert len(lines) == 1 and lines[0].levelno == logging.INFO
     assert 'converted in memory' in lines[0].getMessage()
     assert 'vpr-convert' in lines[0].getMessage()
@@ -354,7 +353,7 @@ def test_published_models_doc_commands_run(official_file, folder, tmp_path) -> N
     Only the files are the test's own (the tiny official-layout file, a small image folder and
     validation set) and the GPU options become their CPU equivalents.
     """
-    from vpr_ros.core.cli import vpr_calibrate
+    from vpr_ros.cli import vpr_calibrate
     validation = write_index_list(tmp_path / 'my_validation', 3)
     files = {'pairvpr-vitB.pth': str(official_file), 'path/to/mapping_run': str(folder),
              'my_validation': str(validation), 'cuda': 'cpu', 'fp16': 'fp32'}

@@ -4,13 +4,12 @@ import numpy as np
 import pytest
 import torch
 
-from vpr_ros.core.models.checkpoint import load_checkpoint, save_checkpoint
-from vpr_ros.core.models.correspondence import (both_orders_features,
-                                                correspondence_features,
-                                                CorrespondenceClassifier, grid_positions,
-                                                mutual_medians, NO_MUTUAL_OFFSET,
-                                                similarity_features, TOKEN_FEATURES)
-from vpr_ros.core.models.registry import create_model
+from vpr_ros.models.checkpoint import load_checkpoint, save_checkpoint
+from vpr_ros.models.correspondence import (both_orders_features, correspondence_features,
+                                           CorrespondenceClassifier, grid_positions,
+                                           mutual_medians, NO_MUTUAL_OFFSET, similarity_features,
+                                           TOKEN_FEATURES)
+from vpr_ros.models.registry import create_model
 
 GRID = (3, 4)
 

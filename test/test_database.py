@@ -9,12 +9,12 @@ import threading
 import numpy as np
 import pytest
 
-from vpr_ros.core import database
-from vpr_ros.core.config import IndexConfig
-from vpr_ros.core.database import MapDatabase, MapEntry
-from vpr_ros.core.errors import MapError, MapFormatError, MapMismatchError
-from vpr_ros.core.geometry import pose_from_xy_yaw
-from vpr_ros.core.models.spec import ModelSpec
+from vpr_ros.config import IndexConfig
+from vpr_ros.errors import MapError, MapFormatError, MapMismatchError
+from vpr_ros.geometry import pose_from_xy_yaw
+from vpr_ros.map import database
+from vpr_ros.map.database import MapDatabase, MapEntry
+from vpr_ros.models.spec import ModelSpec
 
 DIM = 32
 TOKENS = (6, 8)

@@ -17,21 +17,23 @@ import numpy as np
 import pytest
 import torch
 from training_fixtures import one_thread  # noqa: F401  (autouse fixture)
-from vpr_ros.core.config import LocalizerConfig
-from vpr_ros.core.database import MapDatabase
-from vpr_ros.core.errors import ConfigError
-from vpr_ros.core.frame_source import frame_positions
-from vpr_ros.core.localizer import load_model, Localizer
-from vpr_ros.core.mapping import add_frames
-from vpr_ros.core.metrics import positives_within_radius, recall_at_n
-from vpr_ros.core.models.checkpoint import load_checkpoint
-from vpr_ros.core.models.fingerprint import fingerprint_differences, model_fingerprint
-from vpr_ros.core.models.registry import create_model
-from vpr_ros.core.sample import render_traversal, RouteConfig
+from vpr_ros.config import LocalizerConfig
+from vpr_ros.data.frame_source import frame_positions
+from vpr_ros.data.ground_truth import positives_within_radius
+from vpr_ros.errors import ConfigError
+from vpr_ros.evaluation.metrics import recall_at_n
+from vpr_ros.localization.localizer import Localizer
+from vpr_ros.localization.mapping import add_frames
+from vpr_ros.map.database import MapDatabase
+from vpr_ros.models.checkpoint import load_checkpoint
+from vpr_ros.models.fingerprint import fingerprint_differences, model_fingerprint
+from vpr_ros.models.loader import load_model
+from vpr_ros.models.registry import create_model
+from vpr_ros.sample.renderer import render_traversal, RouteConfig
 from vpr_ros_training.config import load_config
-from vpr_ros_training.default_weights import DEFAULT_CONFIG, DefaultWeightsConfig
-from vpr_ros_training.default_weights import init_projection_pca, mine_pairs, passes_holdout
-from vpr_ros_training.default_weights import RouteFeatures, RoutesConfig, run_default_weights
+from vpr_ros_training.default_weights import (DEFAULT_CONFIG, DefaultWeightsConfig,
+                                              init_projection_pca, mine_pairs, passes_holdout,
+                                              RouteFeatures, RoutesConfig, run_default_weights)
 from vpr_ros_training.route_features import RANDOM_RANGES, render_route, route_config
 
 WEIGHTS = REPO_ROOT / 'vpr_ros' / 'weights' / 'pairvpr_lite.safetensors'
@@ -179,8 +181,8 @@ def test_short_training_raises_the_held_out_pair_auc(tmp_path: Path) -> None:
 @needs_weights
 def test_shipped_weights_beat_global_retrieval_on_the_corridor(corridor_dir: Path) -> None:
     """Real, held-out data: the re-ranked R@1 is above the global R@1 of the same run."""
-    from vpr_ros.core.benchmark_datasets import read_index_list_dataset
-    from vpr_ros.core.evaluation import evaluate
+    from vpr_ros.data.benchmark_datasets import read_index_list_dataset
+    from vpr_ros.evaluation.runner import evaluate
     result = evaluate(load_model(), read_index_list_dataset(corridor_dir), top_k=20,
                       recall_values=(1, 5), config=LocalizerConfig(device='cpu'))
     assert result.settings['calibrated'] and result.settings['rerank']
@@ -190,8 +192,8 @@ def test_shipped_weights_beat_global_retrieval_on_the_corridor(corridor_dir: Pat
 @needs_weights
 def test_default_decision_makes_no_false_loop_closure_on_rtabmap(rtabmap_dir: Path) -> None:
     """Loop closure with the default threshold and temporal gate: some accepted, none wrong."""
-    from vpr_ros.core.benchmark_datasets import read_sequence_dataset
-    from vpr_ros.core.evaluation import evaluate
+    from vpr_ros.data.benchmark_datasets import read_sequence_dataset
+    from vpr_ros.evaluation.runner import evaluate
     result = evaluate(load_model(), read_sequence_dataset(rtabmap_dir), top_k=20,
                       recall_values=(1,), config=LocalizerConfig(device='cpu'))
     decision = result.loop_closure['at_threshold']

@@ -11,13 +11,13 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from vpr_ros.core.errors import CheckpointError, ImageDecodeError
-from vpr_ros.core.models.efficientnet import (
-    create_lite0_encoder, EfficientNetGem, GeM, lite0_weights_path, map_lite0_keys,
-    PairVprLite, timm_block_names)
-from vpr_ros.core.models.registry import create_model, list_models
-from vpr_ros.core.models.spec import ModelSpec
-from vpr_ros.core.preprocessing import IMAGENET_MEAN, IMAGENET_STD, preprocess
+from vpr_ros.errors import CheckpointError, ImageDecodeError
+from vpr_ros.models.efficientnet import (create_lite0_encoder, EfficientNetGem, GeM,
+                                         lite0_weights_path, map_lite0_keys, PairVprLite,
+                                         timm_block_names)
+from vpr_ros.models.preprocessing import IMAGENET_MEAN, IMAGENET_STD, preprocess
+from vpr_ros.models.registry import create_model, list_models
+from vpr_ros.models.spec import ModelSpec
 
 # Strides of the 16 blocks of the official TF EfficientNet-Lite0 (efficientnet_lite_builder:
 # r1_k3_s11, r2_k3_s22, r2_k5_s22, r3_k3_s22, r3_k5_s11, r4_k5_s22, r1_k3_s11), flattened.

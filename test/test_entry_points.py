@@ -56,7 +56,7 @@ def test_entry_point_is_as_fast_as_the_baseline(measured, name) -> None:
 
 def test_configure_process_respects_user_settings(monkeypatch) -> None:
     """Values the user set are kept; only missing ones are filled in."""
-    from vpr_ros.core import openmp
+    from vpr_ros import openmp
     monkeypatch.setenv('OMP_WAIT_POLICY', 'ACTIVE')
     monkeypatch.delenv('OMP_NUM_THREADS', raising=False)
     openmp.configure_process()
@@ -66,7 +66,7 @@ def test_configure_process_respects_user_settings(monkeypatch) -> None:
 
 
 def test_available_cpus_honours_a_cgroup_quota(tmp_path, monkeypatch) -> None:
-    from vpr_ros.core import openmp
+    from vpr_ros import openmp
     cpu_max = tmp_path / 'cpu.max'
     monkeypatch.setattr(openmp, '_CGROUP_CPU_MAX', cpu_max)
     cpu_max.write_text('max 100000\n')
@@ -80,7 +80,7 @@ def test_available_cpus_honours_a_cgroup_quota(tmp_path, monkeypatch) -> None:
 def test_faiss_threads_restores_the_shared_setting() -> None:
     """A FAISS thread count for one search must not leave torch single-threaded."""
     import torch
-    from vpr_ros.core.openmp import faiss_threads, shares_one_runtime
+    from vpr_ros.openmp import faiss_threads, shares_one_runtime
     assert shares_one_runtime()
     before = torch.get_num_threads()
     with faiss_threads(1):

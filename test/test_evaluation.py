@@ -11,16 +11,15 @@ import numpy as np
 import pytest
 import torch
 
-from vpr_ros.core.benchmark_datasets import (
-    EvalDataset, pairs_from_traversals, read_bag_pair, read_folder_dataset,
-    read_index_list_dataset)
-from vpr_ros.core.cli import vpr_eval
-from vpr_ros.core.errors import DatasetError
-from vpr_ros.core.evaluation import (
-    build_map, evaluate, localize_queries, make_localizer, Match, match_from_result,
-    REPORT_FILES, score_matches, write_report)
-from vpr_ros.core.frame import Frame
-from vpr_ros.core.geometry import pose_from_xy_yaw
+from vpr_ros.cli import vpr_eval
+from vpr_ros.data.benchmark_datasets import (EvalDataset, pairs_from_traversals, read_bag_pair,
+                                             read_folder_dataset, read_index_list_dataset)
+from vpr_ros.data.frame import Frame
+from vpr_ros.errors import DatasetError
+from vpr_ros.evaluation.runner import (build_map, evaluate, localize_queries, make_localizer,
+                                       Match, match_from_result, REPORT_FILES, score_matches,
+                                       write_report)
+from vpr_ros.geometry import pose_from_xy_yaw
 
 SMALL_INPUT = [96, 128]
 PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
@@ -34,7 +33,7 @@ def _one_thread() -> None:
 @pytest.fixture(scope='module')
 def small_model():
     """Build the default architecture with its ImageNet weights at a reduced input size."""
-    from vpr_ros.core.models.registry import create_model
+    from vpr_ros.models.registry import create_model
     return create_model('efficientnet_lite0_gem', input_size=SMALL_INPUT).eval()
 
 
@@ -183,7 +182,7 @@ def test_write_report_holds_every_file(tmp_path: Path) -> None:
 
 def _brute_force_recalls(model, dataset: EvalDataset, ns: tuple) -> dict:
     """Describe everything directly with the model and rank by inner product with numpy."""
-    from vpr_ros.core.preprocessing import preprocess
+    from vpr_ros.models.preprocessing import preprocess
     with torch.inference_mode():
         db = model.global_descriptor(preprocess(
             [dataset.database_image(j) for j in range(dataset.num_database)], model.spec))
@@ -214,7 +213,7 @@ def test_evaluate_equals_brute_force_and_recorded_replay(small_model) -> None:
 
 def test_evaluate_with_rerank_reports_both_rankings() -> None:
     """With a pair classifier, Recall before re-ranking equals the run without re-ranking."""
-    from vpr_ros.core.models.registry import create_model
+    from vpr_ros.models.registry import create_model
     model = create_model('pairvpr_lite', pretrained=False, input_size=[96, 96])
     database, queries = _toy_traversals(6, seed=3)
     dataset = pairs_from_traversals(database, queries, radius_m=5.0)
@@ -230,8 +229,8 @@ def test_evaluate_with_rerank_reports_both_rankings() -> None:
 
 def _corridor_modes(corridor_dir: Path, tmp_path: Path) -> dict:
     """Return the corridor as an index list, an @UTM folder pair and two bags (10 m apart)."""
-    from vpr_ros.core.bag import write_frames
-    from vpr_ros.core.image_folder import read_folder
+    from vpr_ros.data.bag import write_frames
+    from vpr_ros.data.image_folder import read_folder
     folder = tmp_path / 'utm'
     for side, target in (('ref', 'database'), ('query', 'queries')):
         (folder / target).mkdir(parents=True)
@@ -275,7 +274,7 @@ def test_corridor_folder_index_list_and_bag_modes_agree(small_model, corridor_di
 @pytest.mark.slow
 def test_corridor_default_model_all_modes(corridor_dir: Path, tmp_path: Path) -> None:
     """The default model at its full input size: three modes agree, R@1 beats chance clearly."""
-    from vpr_ros.core.models.registry import create_model
+    from vpr_ros.models.registry import create_model
     results = _check_modes_identical(create_model('efficientnet_lite0_gem'), corridor_dir,
                                      tmp_path)
     print('corridor default model:', results['index-list'].summary_line())
@@ -286,7 +285,7 @@ def test_corridor_default_model_all_modes(corridor_dir: Path, tmp_path: Path) ->
 
 def _utm_folder(root: Path) -> Path:
     database, queries = _toy_traversals(6, seed=5)
-    from vpr_ros.core.image_codec import encode_compressed
+    from vpr_ros.data.image_codec import encode_compressed
     for target, frames in (('database', database), ('queries', queries)):
         (root / target).mkdir(parents=True)
         for frame in frames:
@@ -313,7 +312,7 @@ def test_cli_folder_mode(tmp_path: Path, capsys) -> None:
 @pytest.mark.parametrize('storage', ['mcap', 'sqlite3'])
 def test_cli_bag_mode(tmp_path: Path, capsys, storage: str) -> None:
     """Bag mode pairs a map bag and a query bag by pose, with the heading limit applied."""
-    from vpr_ros.core.bag import write_frames
+    from vpr_ros.data.bag import write_frames
     database, queries = _toy_traversals(5, seed=9)
     turned = queries[0].pose.position
     queries[0] = Frame(queries[0].stamp_ns, queries[0].image,
@@ -368,7 +367,7 @@ def _sequence_folder(root: Path, count: int = 14, revisit_from: int = 9) -> Path
 def _check_sequence_brute_force(model, dataset: EvalDataset, allowed: list) -> Any:
     """Evaluate ``dataset``; frame i must be ranked among the frames ``allowed[i]`` only."""
     result = evaluate(model, dataset, top_k=3, rerank=False, recall_values=(1, 2))
-    from vpr_ros.core.preprocessing import preprocess
+    from vpr_ros.models.preprocessing import preprocess
     with torch.inference_mode():
         d = model.global_descriptor(preprocess(
             [dataset.query_image(i) for i in range(dataset.num_queries)], model.spec)).numpy()
@@ -387,7 +386,7 @@ def _check_sequence_brute_force(model, dataset: EvalDataset, allowed: list) -> A
 
 def test_sequence_protocol_equals_brute_force(small_model, tmp_path: Path) -> None:
     """Frame i is ranked among frames <= i - gap only; Recall@N counts revisiting frames."""
-    from vpr_ros.core.benchmark_datasets import read_sequence_dataset
+    from vpr_ros.data.benchmark_datasets import read_sequence_dataset
     dataset = read_sequence_dataset(_sequence_folder(tmp_path / 'seq'), min_gap=5)
     assert dataset.sequence_gap == 5 and dataset.queries_without_positives == 8
     result = _check_sequence_brute_force(small_model, dataset,
@@ -400,7 +399,7 @@ def test_sequence_protocol_equals_brute_force(small_model, tmp_path: Path) -> No
 
 def test_sequence_exclusion_by_time_equals_brute_force(small_model, tmp_path: Path) -> None:
     """--exclude-recent-s 0.5 at 10 Hz keeps frames >= 0.5 s old: the rankings of gap 5."""
-    from vpr_ros.core.benchmark_datasets import read_sequence_dataset
+    from vpr_ros.data.benchmark_datasets import read_sequence_dataset
     root = _sequence_folder(tmp_path / 'seq')
     timed = read_sequence_dataset(root, min_gap=1, frame_rate=10.0, exclude_recent_s=0.5)
     stamps = timed.query_stamps_ns()
@@ -416,7 +415,7 @@ def test_sequence_exclusion_by_time_equals_brute_force(small_model, tmp_path: Pa
 
 def test_sequence_reader_names_problems(tmp_path: Path) -> None:
     """A missing frame file or a malformed loop entry is a DatasetError naming it."""
-    from vpr_ros.core.benchmark_datasets import read_sequence_dataset
+    from vpr_ros.data.benchmark_datasets import read_sequence_dataset
     root = _sequence_folder(tmp_path / 'seq')
     (root / 'images' / '3.png').unlink()
     with pytest.raises(DatasetError, match='missing'):

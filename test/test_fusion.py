@@ -7,15 +7,15 @@ import pytest
 from safetensors import safe_open
 import torch
 
-from vpr_ros.core.calibration import Calibration, PAIR_SCORE_CALIBRATION
-from vpr_ros.core.config import LocalizerConfig
-from vpr_ros.core.database import MapDatabase
-from vpr_ros.core.errors import CheckpointError, ConfigError
-from vpr_ros.core.fusion import fuse_scores, plan_scoring, RerankScoring
-from vpr_ros.core.geometry import pose_from_xy_yaw
-from vpr_ros.core.localizer import Localizer
-from vpr_ros.core.models.checkpoint import load_checkpoint, save_checkpoint
-from vpr_ros.core.models.registry import create_model
+from vpr_ros.config import LocalizerConfig
+from vpr_ros.errors import CheckpointError, ConfigError
+from vpr_ros.geometry import pose_from_xy_yaw
+from vpr_ros.localization.localizer import Localizer
+from vpr_ros.map.database import MapDatabase
+from vpr_ros.models.calibration import Calibration, PAIR_SCORE_CALIBRATION
+from vpr_ros.models.checkpoint import load_checkpoint, save_checkpoint
+from vpr_ros.models.fusion import fuse_scores, plan_scoring, RerankScoring
+from vpr_ros.models.registry import create_model
 
 INPUT = (64, 96)
 SCORING = RerankScoring('fused', 30.0, Calibration(0.2, -3.0), 'unit test')
@@ -111,7 +111,7 @@ def test_missing_or_mismatched_calibration_warns(localizer: Localizer, model, ca
                                  (SCORING, 5.0, 'fitted for fused (beta 30)')):
         model.rerank_scoring = stored
         caplog.clear()
-        with caplog.at_level(logging.WARNING, logger='vpr_ros.core.localizer'):
+        with caplog.at_level(logging.WARNING, logger='vpr_ros.localization.localizer'):
             localizer.update_config(LocalizerConfig(top_k=10, fusion_beta=beta))
         assert reason in caplog.text and 'uncalibrated' in caplog.text
         assert not localizer.scoring.calibrated

@@ -25,13 +25,13 @@ from hypothesis import given, strategies as st
 import numpy as np
 import pytest
 
-from vpr_ros.core.bag import list_topics, read_frames, write_frames
-from vpr_ros.core.errors import BagError, ImageDecodeError
-from vpr_ros.core.frame import Frame
-from vpr_ros.core.geometry import Pose
-from vpr_ros.core.image_codec import (decode_compressed, decode_raw, encode_compressed,
+from vpr_ros.data.bag import list_topics, read_frames, write_frames
+from vpr_ros.data.frame import Frame
+from vpr_ros.data.image_codec import (decode_compressed, decode_raw, encode_compressed,
                                       MAX_BUFFER_BYTES, MAX_PIXELS, MAX_SIDE, RAW_ENCODINGS,
                                       read_image_file)
+from vpr_ros.errors import BagError, ImageDecodeError
+from vpr_ros.geometry import Pose
 
 WORKER = Path(__file__).with_name('map_fault_worker.py')
 CHANNEL_ORDER = {'rgb8': [0, 1, 2], 'bgr8': [2, 1, 0], 'rgba8': [0, 1, 2], 'bgra8': [2, 1, 0],

@@ -12,13 +12,12 @@ from torch import nn
 import torchvision
 from training_fixtures import finite_difference
 
-from vpr_ros.core.errors import CheckpointError, DatasetError
-from vpr_ros.core.models.checkpoint import load_checkpoint
+from vpr_ros.errors import CheckpointError, DatasetError
+from vpr_ros.models.checkpoint import load_checkpoint
 from vpr_ros_training.config import load_config
 from vpr_ros_training.gcl.export import export_core_checkpoint
 from vpr_ros_training.gcl.fov import compass_to_yaw, fov_similarity, FovConfig
-from vpr_ros_training.gcl.labels import Cameras, graded_labels, read_labels
-from vpr_ros_training.gcl.labels import write_labels
+from vpr_ros_training.gcl.labels import Cameras, graded_labels, read_labels, write_labels
 from vpr_ros_training.gcl.loss import contrastive_loss, gcl_loss
 from vpr_ros_training.gcl.msls import msls_pair_source, read_msls_split
 from vpr_ros_training.gcl.networks import calibrate_batch_norm, GemNet, load_official_gcl

@@ -7,11 +7,11 @@ the module is skipped with the reason.
 import numpy as np
 import pytest
 import torch
-from vpr_ros.core.config import IndexConfig, LocalizerConfig
-from vpr_ros.core.database import MapDatabase, MapEntry
-from vpr_ros.core.localizer import Localizer
-from vpr_ros.core.models.backend import apply_backend
-from vpr_ros.core.models.registry import create_model
+from vpr_ros.config import IndexConfig, LocalizerConfig
+from vpr_ros.localization.localizer import Localizer
+from vpr_ros.map.database import MapDatabase, MapEntry
+from vpr_ros.models.backend import apply_backend
+from vpr_ros.models.registry import create_model
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')]
@@ -43,7 +43,7 @@ def test_low_precision_descriptors_stay_close(lite, precision):
 
 
 def test_pinned_staging_round_trips_arrays(lite):
-    from vpr_ros.core.models.gpu_runtime import PinnedStaging
+    from vpr_ros.models.gpu_runtime import PinnedStaging
     staging = PinnedStaging()
     rng = np.random.default_rng(1)
     cases = (((5, 80, 256), np.float16), ((3, 7), np.float32), ((9, 80, 256), np.float16))
@@ -79,7 +79,7 @@ def test_shared_scorer_on_gpu_matches_pair_score(lite):
 
 
 def test_faiss_gpu_index_matches_cpu_search(lite):
-    from vpr_ros.core.models.gpu_runtime import faiss_gpu_available
+    from vpr_ros.models.gpu_runtime import faiss_gpu_available
     if not faiss_gpu_available():
         pytest.skip('faiss has no GPU support here (install faiss-gpu)')
     rng = np.random.default_rng(3)

@@ -1,4 +1,4 @@
-"""Tests of vpr_ros.core.image_codec against numpy / OpenCV references and malformed inputs."""
+"""Tests of vpr_ros.data.image_codec against numpy / OpenCV references and malformed inputs."""
 
 import array
 import struct
@@ -8,10 +8,9 @@ import cv2
 import numpy as np
 import pytest
 
-from vpr_ros.core.errors import ImageDecodeError, ImageEncodeError
-from vpr_ros.core.image_codec import (
-    decode_compressed, decode_raw, encode_compressed, encode_raw, MAX_PIXELS, RAW_ENCODINGS,
-    RawImage, read_image_file)
+from vpr_ros.data.image_codec import (decode_compressed, decode_raw, encode_compressed, encode_raw,
+                                      MAX_PIXELS, RAW_ENCODINGS, RawImage, read_image_file)
+from vpr_ros.errors import ImageDecodeError, ImageEncodeError
 
 H, W = 9, 13
 

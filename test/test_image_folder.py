@@ -1,4 +1,4 @@
-"""Tests of vpr_ros.core.image_folder: file listing, UTM names, CSV poses, the corridor data."""
+"""Tests of vpr_ros.data.image_folder: file listing, UTM names, CSV poses, the corridor data."""
 
 import math
 import types
@@ -7,8 +7,8 @@ import cv2
 import numpy as np
 import pytest
 
-from vpr_ros.core.errors import DatasetError, ImageDecodeError
-from vpr_ros.core.image_folder import iter_folder, list_images, read_folder, utm_from_name
+from vpr_ros.data.image_folder import iter_folder, list_images, read_folder, utm_from_name
+from vpr_ros.errors import DatasetError, ImageDecodeError
 
 UTM_NAMES = [  # (name, east, north, compass heading or None)
     ('@0543210.50@4181000.25@10@S@37.77@-122.41@pano1@0@045.0@@@@@@.jpg', 543210.5, 4181000.25,

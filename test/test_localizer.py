@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from vpr_ros.core.config import LocalizerConfig
-from vpr_ros.core.database import MapDatabase
-from vpr_ros.core.errors import MapMismatchError
-from vpr_ros.core.geometry import pose_from_xy_yaw
-from vpr_ros.core.localizer import Localizer
-from vpr_ros.core.models.registry import create_model
+from vpr_ros.config import LocalizerConfig
+from vpr_ros.errors import MapMismatchError
+from vpr_ros.geometry import pose_from_xy_yaw
+from vpr_ros.localization.localizer import Localizer
+from vpr_ros.map.database import MapDatabase
+from vpr_ros.models.registry import create_model
 
 INPUT = (96, 128)
 

@@ -25,10 +25,10 @@ from map_fault_worker import build_map, NEW_N, OLD_N, SPEC
 import numpy as np
 import pytest
 
-from vpr_ros.core.config import IndexConfig
-from vpr_ros.core.database import MapDatabase
-from vpr_ros.core.errors import MapError, MapFormatError, MapMismatchError, MapWriteError
-from vpr_ros.core.models.spec import ModelSpec
+from vpr_ros.config import IndexConfig
+from vpr_ros.errors import MapError, MapFormatError, MapMismatchError, MapWriteError
+from vpr_ros.map.database import MapDatabase
+from vpr_ros.models.spec import ModelSpec
 
 WORKER = Path(__file__).with_name('map_fault_worker.py')
 DATA_FILES = ['index.faiss', 'entries.jsonl', 'descriptors.npy', 'tokens.f16']

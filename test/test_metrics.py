@@ -5,11 +5,11 @@ import math
 import numpy as np
 import pytest
 
-from vpr_ros.core.errors import ConfigError
-from vpr_ros.core.metrics import (
-    best_f1, first_positive_ranks, format_recalls, latency_percentiles,
-    max_recall_at_full_precision, positives_within_radius, pr_auc, precision_recall, recall_at_n,
-    wrap_angle)
+from vpr_ros.data.ground_truth import positives_within_radius, wrap_angle
+from vpr_ros.errors import ConfigError
+from vpr_ros.evaluation.metrics import (best_f1, first_positive_ranks, format_recalls,
+                                        latency_percentiles, max_recall_at_full_precision, pr_auc,
+                                        precision_recall, recall_at_n)
 
 TOY_PREDICTIONS = np.array([[4, 2, 7], [1, 3, 5], [0, 6, 8]])
 TOY_POSITIVES = [[2], [1, 9], []]
@@ -206,7 +206,7 @@ def test_average_precision_matches_scikit_learn() -> None:
 
 def test_reliability_matches_a_hand_count() -> None:
     """Bins, per-bin accuracy and ECE against values worked out by hand."""
-    from vpr_ros.core.metrics import precision_at_probability, reliability
+    from vpr_ros.evaluation.metrics import precision_at_probability, reliability
     p = [0.05, 0.15, 0.95, 0.92, 0.91, 1.0, float('nan')]
     y = [False, True, True, True, False, True, True]
     table = reliability(p, y, bins=10)

@@ -6,16 +6,15 @@ import os
 import numpy as np
 import pytest
 import torch
-from vpr_ros.core.config import LocalizerConfig
-from vpr_ros.core.database import MapDatabase
-from vpr_ros.core.errors import BackendError
-from vpr_ros.core.localizer import Localizer
-from vpr_ros.core.models.backend import apply_backend
-from vpr_ros.core.models.onnx_backend import (ENCODER_FILE, export_model, MANIFEST_FILE,
-                                              OnnxVprModel, PAIR_LOGIT_FILE, PAIR_SCORE_FILE,
-                                              select_providers)
-from vpr_ros.core.models.parity import compare
-from vpr_ros.core.models.registry import create_model
+from vpr_ros.config import LocalizerConfig
+from vpr_ros.errors import BackendError
+from vpr_ros.localization.localizer import Localizer
+from vpr_ros.map.database import MapDatabase
+from vpr_ros.models.backend import apply_backend
+from vpr_ros.models.onnx_backend import (ENCODER_FILE, export_model, MANIFEST_FILE, OnnxVprModel,
+                                         PAIR_LOGIT_FILE, PAIR_SCORE_FILE, select_providers)
+from vpr_ros.models.parity import compare
+from vpr_ros.models.registry import create_model
 
 ort = pytest.importorskip('onnxruntime', reason='onnxruntime is not installed '
                           '(pip install "vpr_ros[onnx]")')
@@ -184,7 +183,7 @@ def test_parity_report_passes_onnx_and_fails_a_wrong_engine(lite):
 
 
 def test_parity_command_line_on_cpu(tmp_path, capsys):
-    from vpr_ros.core.models.parity import main
+    from vpr_ros.models.parity import main
     assert main(['--model', 'efficientnet_lite0_gem', '--device', 'cpu', '--images', '2',
                  '--cache-dir', str(tmp_path)]) == 0
     assert 'PASS' in capsys.readouterr().out

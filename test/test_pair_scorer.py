@@ -2,10 +2,10 @@
 
 import pytest
 import torch
-from vpr_ros.core.errors import ConfigError
-from vpr_ros.core.models.backend import apply_backend, TorchVprModel
-from vpr_ros.core.models.pair_scorer import is_broadcast, PairScorer
-from vpr_ros.core.models.registry import create_model
+from vpr_ros.errors import ConfigError
+from vpr_ros.models.backend import apply_backend, TorchVprModel
+from vpr_ros.models.pair_scorer import is_broadcast, PairScorer
+from vpr_ros.models.registry import create_model
 
 TOLERANCE = 1e-4
 

@@ -10,10 +10,10 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 import torch
 
-from vpr_ros.core.errors import CheckpointError
-from vpr_ros.core.models.checkpoint import checkpoint_digest, load_checkpoint, save_checkpoint
-from vpr_ros.core.models.efficientnet import create_lite0_encoder
-from vpr_ros.core.models.registry import create_model
+from vpr_ros.errors import CheckpointError
+from vpr_ros.models.checkpoint import checkpoint_digest, load_checkpoint, save_checkpoint
+from vpr_ros.models.efficientnet import create_lite0_encoder
+from vpr_ros.models.registry import create_model
 
 BASE = 'efficientnet_lite0_imagenet'
 SMALL = {'input_size': (64, 96), 'token_dim': 32, 'decoder_dim': 32, 'decoder_depth': 1,

@@ -16,11 +16,10 @@ import torch
 from torch.nn import functional as F
 from torchvision import transforms
 
-from vpr_ros.core.errors import CheckpointError
-from vpr_ros.core.models.checkpoint import read_checkpoint_spec, shipped_weights_path
-from vpr_ros.core.models.spec import ModelSpec
-from vpr_ros.core.preprocessing import (
-    IMAGENET_MEAN, IMAGENET_STD, official_resize, preprocess)
+from vpr_ros.errors import CheckpointError
+from vpr_ros.models.checkpoint import read_checkpoint_spec, shipped_weights_path
+from vpr_ros.models.preprocessing import IMAGENET_MEAN, IMAGENET_STD, official_resize, preprocess
+from vpr_ros.models.spec import ModelSpec
 
 # (source height, width) -> (target height, width): down, up, mixed, odd aspect ratios.
 RESIZES = [

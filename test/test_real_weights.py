@@ -12,14 +12,14 @@ from pathlib import Path
 from conftest import shared_dataset
 import numpy as np
 import pytest
-from vpr_ros.core.calibration import Calibration
-from vpr_ros.core.config import LocalizerConfig
-from vpr_ros.core.database import MapDatabase, MapEntry
-from vpr_ros.core.errors import ConfigError, DatasetError
-from vpr_ros.core.fusion import RerankScoring
-from vpr_ros.core.localizer import Localizer
-from vpr_ros.core.models.checkpoint import load_checkpoint
-from vpr_ros.core.models.registry import create_model
+from vpr_ros.config import LocalizerConfig
+from vpr_ros.errors import ConfigError, DatasetError
+from vpr_ros.localization.localizer import Localizer
+from vpr_ros.map.database import MapDatabase, MapEntry
+from vpr_ros.models.calibration import Calibration
+from vpr_ros.models.checkpoint import load_checkpoint
+from vpr_ros.models.fusion import RerankScoring
+from vpr_ros.models.registry import create_model
 from vpr_ros_training.config import load_config
 from vpr_ros_training.real_vpr import FAR, parse_pairing
 from vpr_ros_training.real_weights import RealWeightsConfig, run_real_weights

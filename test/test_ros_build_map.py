@@ -11,16 +11,16 @@ from ros_harness import (call_service, domain_id, map_stamp_ns, place_image,
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 from std_srvs.srv import Trigger
-from vpr_ros.core.bag import read_frames, write_frames
-from vpr_ros.core.database import MapDatabase
-from vpr_ros.core.frame import Frame
-from vpr_ros.core.models.checkpoint import save_checkpoint
-from vpr_ros.ros.bag_player import BagPlayer, PlayerConfig
+from vpr_ros.data.bag import read_frames, write_frames
+from vpr_ros.data.frame import Frame
+from vpr_ros.map.database import MapDatabase
+from vpr_ros.models.checkpoint import save_checkpoint
 from vpr_ros.ros.build_map_node import BuildMapNode
 from vpr_ros.ros.conversions import image_to_msg, ns_to_stamp, pose_to_msg
 from vpr_ros.ros.localize_node import LocalizeNode
 from vpr_ros.ros.matches import decode_matches
 from vpr_ros.ros.output_monitor import OutputMonitor
+from vpr_ros.ros.tools.bag_player import BagPlayer, PlayerConfig
 
 
 pytestmark = pytest.mark.ros

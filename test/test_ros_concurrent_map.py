@@ -17,18 +17,18 @@ from rclpy.qos import QoSProfile
 from ros_harness import call_service, domain_id, RosGraph, wait_for, wait_for_progress
 from sensor_msgs.msg import Image
 from std_srvs.srv import Trigger
-from vpr_ros.core.config import LocalizerConfig
-from vpr_ros.core.database import MapDatabase
-from vpr_ros.core.errors import MapChangedError
-from vpr_ros.core.geometry import pose_from_xy_yaw
-from vpr_ros.core.localizer import Localizer
+from vpr_ros.config import LocalizerConfig
+from vpr_ros.errors import MapChangedError
+from vpr_ros.geometry import pose_from_xy_yaw
+from vpr_ros.localization.localizer import Localizer
+from vpr_ros.map.database import MapDatabase
 from vpr_ros.ros.build_map_node import BuildMapNode
 from vpr_ros.ros.conversions import image_to_msg, ns_to_stamp, pose_to_msg
 from vpr_ros.ros.localize_node import LocalizeNode
 from vpr_ros.ros.matches import decode_matches
 from vpr_ros.ros.output_monitor import OutputMonitor
-from vpr_ros.ros.slow_model import register_slow_model, SlowPoolingModel
-from vpr_ros.ros.soak import place_image
+from vpr_ros.ros.tools.slow_model import register_slow_model, SlowPoolingModel
+from vpr_ros.ros.tools.soak import place_image
 
 
 pytestmark = pytest.mark.ros

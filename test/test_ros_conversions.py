@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from sensor_msgs.msg import CompressedImage, Image, PointCloud2
 from std_msgs.msg import Header
-from vpr_ros.core.geometry import Pose, pose_from_xy_yaw
-from vpr_ros.core.image_codec import encode_compressed
-from vpr_ros.core.localizer import Candidate
+from vpr_ros.data.image_codec import encode_compressed
+from vpr_ros.geometry import Pose, pose_from_xy_yaw
+from vpr_ros.localization.localizer import Candidate
 from vpr_ros.ros.conversions import (compressed_to_msg, image_from_msg, image_to_msg,
                                      ImageRejected, ns_to_stamp, pose_from_msg, pose_to_msg,
                                      PoseRejected, stamp_to_ns)

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from ros_harness import (build_localizer, domain_id, map_stamp_ns, place_image, place_pose,
                          tiny_model)
-from vpr_ros.core.bag import write_frames
-from vpr_ros.core.frame import Frame
-from vpr_ros.ros.demo_live import run_live
+from vpr_ros.data.bag import write_frames
+from vpr_ros.data.frame import Frame
+from vpr_ros.ros.tools.demo_live import run_live
 
 pytestmark = pytest.mark.ros
 
@@ -18,7 +18,7 @@ PLACES = range(6)
 
 @dataclass(frozen=True)
 class Sample:
-    """The fields of ``vpr_ros.core.sample.SamplePaths`` the live demo reads."""
+    """The fields of ``vpr_ros.sample.renderer.SamplePaths`` the live demo reads."""
 
     map_bag: Path
     query_bag: Path

@@ -12,7 +12,7 @@ import numpy as np
 from sensor_msgs.msg import CompressedImage, Image
 from test_fuzz import check_compressed, FORMATS, raw_is_valid, reference_raw, SEEDS
 
-from vpr_ros.core.image_codec import MAX_SIDE, RAW_ENCODINGS
+from vpr_ros.data.image_codec import MAX_SIDE, RAW_ENCODINGS
 from vpr_ros.ros.conversions import image_from_msg, ImageRejected
 
 REASONS = {'empty_image', 'image_too_large', 'unsupported_encoding', 'bad_step', 'truncated_data',

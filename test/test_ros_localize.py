@@ -16,9 +16,8 @@ from ros_harness import (build_localizer, call_service, domain_id, map_stamp_ns,
 from sensor_msgs.msg import CompressedImage, Image
 from std_srvs.srv import SetBool, Trigger
 from test_ros_conversions import _malformed
-from vpr_ros.core.database import MapDatabase
-from vpr_ros.ros.conversions import (compressed_to_msg, image_to_msg, pose_to_msg,
-                                     stamp_to_ns)
+from vpr_ros.map.database import MapDatabase
+from vpr_ros.ros.conversions import compressed_to_msg, image_to_msg, pose_to_msg, stamp_to_ns
 from vpr_ros.ros.localize_node import LocalizeNode
 from vpr_ros.ros.matches import decode_matches
 from vpr_ros.ros.output_monitor import OutputMonitor

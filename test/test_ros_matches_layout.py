@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from sensor_msgs.msg import PointField
 from std_msgs.msg import Header
-from vpr_ros.core.geometry import pose_from_xy_yaw
-from vpr_ros.core.localizer import Candidate
+from vpr_ros.geometry import pose_from_xy_yaw
+from vpr_ros.localization.localizer import Candidate
 from vpr_ros.ros.matches import decode_matches, encode_matches
 
 pytestmark = pytest.mark.ros

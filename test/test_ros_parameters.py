@@ -11,10 +11,9 @@ from rclpy.exceptions import InvalidParameterValueException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from ros_harness import domain_id, RosGraph
-from vpr_ros.core.config import config_from_dict, LocalizerConfig
-from vpr_ros.core.errors import ConfigError
-from vpr_ros.ros.node_config import (BuildMapNodeConfig, LOCALIZE_GROUPS,
-                                     NODE_GROUPS)
+from vpr_ros.config import config_from_dict, LocalizerConfig
+from vpr_ros.errors import ConfigError
+from vpr_ros.ros.node_config import BuildMapNodeConfig, LOCALIZE_GROUPS, NODE_GROUPS
 from vpr_ros.ros.parameters import group_parameter_names, NodeParameters, parameters_yaml
 import yaml
 

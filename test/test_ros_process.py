@@ -14,9 +14,9 @@ from rclpy.qos import qos_profile_sensor_data
 from ros_harness import (build_localizer, domain_id, map_stamp_ns, place_image, place_pose,
                          RosGraph, tiny_model, wait_for)
 from sensor_msgs.msg import Image
-from vpr_ros.core.bag import write_frames
-from vpr_ros.core.frame import Frame
-from vpr_ros.core.models.checkpoint import save_checkpoint
+from vpr_ros.data.bag import write_frames
+from vpr_ros.data.frame import Frame
+from vpr_ros.models.checkpoint import save_checkpoint
 from vpr_ros.ros.conversions import image_to_msg, stamp_to_ns
 from vpr_ros.ros.matches import decode_matches
 from vpr_ros.ros.output_monitor import OutputMonitor
@@ -102,8 +102,8 @@ def test_invalid_parameter_stops_the_process_with_a_clear_error(files) -> None:
 def test_bag_player_command_line_publishes_every_frame(files, tmp_path) -> None:
     """Publish every bag frame from the bag player's command line.
 
-    ``python -m vpr_ros.ros.bag_player BAG --real-time`` publishes each frame with its stamp and
-    pose (Odometry) to the given topics.
+    ``python -m vpr_ros.ros.tools.bag_player BAG --real-time`` publishes each frame with its stamp
+    and pose (Odometry) to the given topics.
     """
     frames = [Frame(map_stamp_ns(p), place_image(p), place_pose(p)) for p in range(5)]
     bag = write_frames(tmp_path / 'bag', frames, 'camera/image_raw', 'odom')
@@ -115,7 +115,8 @@ def test_bag_player_command_line_publishes_every_frame(files, tmp_path) -> None:
         probe.create_subscription(Odometry, '/pose_out', poses.append, 10)
         env = dict(os.environ, ROS_DOMAIN_ID=str(DOMAIN), PYTHONPATH=str(REPO_ROOT))
         result = subprocess.run(
-            [sys.executable, '-m', 'vpr_ros.ros.bag_player', str(bag), '--pose-topic', 'odom',
+            [sys.executable, '-m', 'vpr_ros.ros.tools.bag_player', str(bag),
+             '--pose-topic', 'odom',
              '--out-image', '/cam', '--out-pose', '/pose_out', '--real-time', '--speed', '20'],
             cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=STARTUP_S)
         assert result.returncode == 0, result.stdout + result.stderr

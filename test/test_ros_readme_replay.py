@@ -22,9 +22,9 @@ from ros_harness import (build_localizer, domain_id, ModuleProcess, place_image,
                          RosGraph, tiny_model, wait_for)
 from rosgraph_msgs.msg import Clock
 import torch
-from vpr_ros.core.bag import write_frames
-from vpr_ros.core.frame import Frame
-from vpr_ros.core.models.checkpoint import save_checkpoint
+from vpr_ros.data.bag import write_frames
+from vpr_ros.data.frame import Frame
+from vpr_ros.models.checkpoint import save_checkpoint
 from vpr_ros.ros.conversions import stamp_to_ns
 from vpr_ros.ros.matches import decode_matches
 from vpr_ros.ros.output_monitor import OutputMonitor

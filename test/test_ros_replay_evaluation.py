@@ -11,19 +11,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 from ros_harness import domain_id, tiny_model
-from vpr_ros.core.bag import read_frames, write_frames
-from vpr_ros.core.benchmark_datasets import read_bag_pair
-from vpr_ros.core.cli import vpr_eval
-from vpr_ros.core.config import LocalizerConfig
-from vpr_ros.core.database import MapDatabase
-from vpr_ros.core.evaluation import (build_map, evaluate, localize_queries, make_localizer,
-                                     match_from_result, REPORT_FILES, write_report)
-from vpr_ros.core.localizer import Localizer
-from vpr_ros.core.mapping import add_frames
-from vpr_ros.core.models.checkpoint import save_checkpoint
-from vpr_ros.core.sample import render_traversal, RouteConfig
-from vpr_ros.ros import replay_evaluation
-from vpr_ros.ros.replay_evaluation import evaluate_live, NodeSetup, ReplayConfig
+from vpr_ros.cli import vpr_eval
+from vpr_ros.config import LocalizerConfig
+from vpr_ros.data.bag import read_frames, write_frames
+from vpr_ros.data.benchmark_datasets import read_bag_pair
+from vpr_ros.evaluation.runner import (build_map, evaluate, localize_queries, make_localizer,
+                                       match_from_result, REPORT_FILES, write_report)
+from vpr_ros.localization.localizer import Localizer
+from vpr_ros.localization.mapping import add_frames
+from vpr_ros.map.database import MapDatabase
+from vpr_ros.models.checkpoint import save_checkpoint
+from vpr_ros.ros.tools import replay_evaluation
+from vpr_ros.ros.tools.replay_evaluation import evaluate_live, NodeSetup, ReplayConfig
+from vpr_ros.sample.renderer import render_traversal, RouteConfig
 
 pytestmark = pytest.mark.ros
 
@@ -224,7 +224,7 @@ def test_cli_reports_missing_bag(tmp_path: Path, capsys) -> None:
 
 def test_replay_config_rejects_bad_values() -> None:
     """Speed and timeouts are range-checked like every config dataclass."""
-    from vpr_ros.core.errors import ConfigError
+    from vpr_ros.errors import ConfigError
     with pytest.raises(ConfigError, match='speed'):
         ReplayConfig(speed=-1.0)
     with pytest.raises(ConfigError, match='reliability'):

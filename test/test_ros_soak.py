@@ -1,6 +1,7 @@
 """Soak of the live localize node: frames at 10x the camera rate into a slow model (vpr-soak).
 
-The node is the real ``localize`` node in its own process (``python -m vpr_ros.ros.slow_model``);
+The node is the real ``localize`` node in its own process
+(``python -m vpr_ros.ros.tools.slow_model``);
 frames come from a real rclpy publisher; parameters change and the map is reloaded (service and
 map-folder rewrites) during the run. The figures are recomputed here from the raw recording.
 """
@@ -10,8 +11,8 @@ import json
 import numpy as np
 import pytest
 from ros_harness import domain_id
-from vpr_ros.ros.soak import frame_stamp_ns, run_soak, SoakConfig
-from vpr_ros.ros.soak_report import latencies, node_frame_ms, warm_up_time
+from vpr_ros.ros.tools.soak import frame_stamp_ns, run_soak, SoakConfig
+from vpr_ros.ros.tools.soak_report import latencies, node_frame_ms, warm_up_time
 
 
 pytestmark = pytest.mark.ros

@@ -18,13 +18,13 @@ from rclpy.node import Node
 from ros_harness import (build_localizer, domain_id, map_stamp_ns, ModuleProcess, place_image,
                          place_pose, REPO_ROOT, RosGraph, tiny_model)
 import torch
-from vpr_ros.core.database import MapDatabase
-from vpr_ros.core.frame import Frame
-from vpr_ros.core.models.checkpoint import save_checkpoint
-from vpr_ros.ros.bag_player import BagPlayer, PlayerConfig
+from vpr_ros.data.frame import Frame
+from vpr_ros.map.database import MapDatabase
+from vpr_ros.models.checkpoint import save_checkpoint
 from vpr_ros.ros.node_config import NODE_GROUPS
 from vpr_ros.ros.output_monitor import OutputMonitor
 from vpr_ros.ros.parameters import group_parameter_names
+from vpr_ros.ros.tools.bag_player import BagPlayer, PlayerConfig
 
 
 pytestmark = pytest.mark.ros

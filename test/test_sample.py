@@ -1,4 +1,4 @@
-"""Tests of the embedded procedural sample route (vpr_ros.core.sample)."""
+"""Tests of the embedded procedural sample route (vpr_ros.sample.renderer)."""
 
 import dataclasses
 import math
@@ -6,10 +6,10 @@ import math
 import numpy as np
 import pytest
 
-from vpr_ros.core import sample
-from vpr_ros.core.bag import read_frames
-from vpr_ros.core.errors import BagError, ConfigError
-from vpr_ros.core.sample import render_traversal, route_polyline, RouteConfig, write_sample
+from vpr_ros.data.bag import read_frames
+from vpr_ros.errors import BagError, ConfigError
+from vpr_ros.sample import renderer as sample
+from vpr_ros.sample.renderer import render_traversal, route_polyline, RouteConfig, write_sample
 
 SMALL = RouteConfig(length_m=100.0, frames_per_traversal=24, image_size=(48, 64))
 
@@ -237,8 +237,8 @@ def test_default_route_is_hard_for_raw_pixels_and_solvable_for_the_default_model
     import cv2
     import torch
 
-    from vpr_ros.core.models.registry import create_model
-    from vpr_ros.core.preprocessing import preprocess
+    from vpr_ros.models.registry import create_model
+    from vpr_ros.models.preprocessing import preprocess
 
     config = RouteConfig()
     db, queries = render_traversal(config, 0), render_traversal(config, 1)

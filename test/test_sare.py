@@ -14,13 +14,11 @@ from vpr_ros_training.config import load_config
 from vpr_ros_training.gcl.networks import GemNet
 from vpr_ros_training.gcl.retrieval import evaluate_recall
 from vpr_ros_training.gcl.runner import load_weights
-from vpr_ros_training.sare.losses import contrastive_tuple_loss, sare_loss
-from vpr_ros_training.sare.losses import triplet_loss
+from vpr_ros_training.sare.losses import contrastive_tuple_loss, sare_loss, triplet_loss
 from vpr_ros_training.sare.mining import MiningConfig, TupleMiner
 from vpr_ros_training.sare.netvlad import NetVlad
 from vpr_ros_training.sare.pittsburgh import read_pitts_split
-from vpr_ros_training.sare.train import initialise_clusters
-from vpr_ros_training.sare.train import run_sare, SareConfig
+from vpr_ros_training.sare.train import initialise_clusters, run_sare, SareConfig
 
 TOY_CONFIG = REPO_ROOT / 'training' / 'vpr_ros_training' / 'configs' / 'sare_toy.yaml'
 

@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import torch
 from training_fixtures import one_thread  # noqa: F401  (autouse fixture)
-from vpr_ros.core.models.registry import create_model
+from vpr_ros.models.registry import create_model
 from vpr_ros_training.route_features import encode_route, RoutesConfig
-from vpr_ros_training.score_calibration import (
-    assess_scoring, calibration_samples, choose_beta, fit_route_calibration, score_shortlists,
-    ShortlistScores)
+from vpr_ros_training.score_calibration import (assess_scoring, calibration_samples, choose_beta,
+                                                fit_route_calibration, score_shortlists,
+                                                ShortlistScores)
 
 
 def random_scores(seed: int, queries: int = 30, k: int = 6) -> ShortlistScores:

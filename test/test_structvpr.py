@@ -7,27 +7,23 @@ import numpy as np
 import pytest
 import torch
 
-from vpr_ros.core.errors import ConfigError, DatasetError, ImageDecodeError, ImageEncodeError
-from vpr_ros.core.models.checkpoint import load_checkpoint
+from vpr_ros.errors import ConfigError, DatasetError, ImageDecodeError, ImageEncodeError
+from vpr_ros.models.checkpoint import load_checkpoint
 from vpr_ros_training.config import load_config
 from vpr_ros_training.gcl.export import export_core_checkpoint
 from vpr_ros_training.gcl.networks import GemNet
 from vpr_ros_training.gcl.retrieval import evaluate_recall
 from vpr_ros_training.gcl.runner import load_weights
-from vpr_ros_training.structvpr.colour_segmenter import ColourSegmenter, ColourSegmenterConfig
-from vpr_ros_training.structvpr.colour_segmenter import fit_traversal, main as segment_main
-from vpr_ros_training.structvpr.colour_segmenter import pixel_features, write_label_map
+from vpr_ros_training.structvpr.colour_segmenter import (ColourSegmenter, ColourSegmenterConfig,
+                                                         fit_traversal, main as segment_main,
+                                                         pixel_features, write_label_map)
 from vpr_ros_training.structvpr.distillation import weighted_distillation
-from vpr_ros_training.structvpr.label_maps import encode_label_maps
-from vpr_ros_training.structvpr.label_maps import LabelMapConfig, read_label_map
-from vpr_ros_training.structvpr.partition import distillation_weights
-from vpr_ros_training.structvpr.partition import partition, PartitionConfig
-from vpr_ros_training.structvpr.partition import positive_ranks
-from vpr_ros_training.structvpr.street_scenes import CLASSES, render_street
-from vpr_ros_training.structvpr.street_scenes import StreetConfig
-from vpr_ros_training.structvpr.train import BranchConfig, run_structvpr, StructDataConfig
-from vpr_ros_training.structvpr.train import StructEvalConfig, StructVprConfig
-from vpr_ros_training.structvpr.train import untrained_student
+from vpr_ros_training.structvpr.label_maps import encode_label_maps, LabelMapConfig, read_label_map
+from vpr_ros_training.structvpr.partition import (distillation_weights, partition, PartitionConfig,
+                                                  positive_ranks)
+from vpr_ros_training.structvpr.street_scenes import CLASSES, render_street, StreetConfig
+from vpr_ros_training.structvpr.train import (BranchConfig, run_structvpr, StructDataConfig,
+                                              StructEvalConfig, StructVprConfig, untrained_student)
 
 TOY_CONFIG = REPO_ROOT / 'training' / 'vpr_ros_training' / 'configs' / 'structvpr_toy.yaml'
 CORRIDOR_CONFIG = TOY_CONFIG.parent / 'structvpr_corridor_toy.yaml'

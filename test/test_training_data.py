@@ -9,18 +9,18 @@ import numpy as np
 import pytest
 import torch
 from training_fixtures import CONFIGS
-from vpr_ros.core.errors import ConfigError, DatasetError
+from vpr_ros.errors import ConfigError, DatasetError
 from vpr_ros_training.augmentation import PairAugmentation, PlaceAugmentation
-from vpr_ros_training.config import config_as_dict, load_config, parse_config
-from vpr_ros_training.config import StageOneConfig, StageTwoConfig
+from vpr_ros_training.config import (config_as_dict, load_config, parse_config, StageOneConfig,
+                                     StageTwoConfig)
 from vpr_ros_training.datasets import GlobalBatchSampler, PairDataset, PlaceDataset
 from vpr_ros_training.gldv2 import read_gldv2
 from vpr_ros_training.gsv_cities import gsv_image_name, read_gsv_cities
 from vpr_ros_training.place_folder import read_place_folders
 from vpr_ros_training.places import PlaceUnion
 from vpr_ros_training.route_places import place_anchors, read_route_eval, render_route
-from vpr_ros_training.sfxl import angle_difference_deg, bearing_deg, crop_view, SfxlPlaces
-from vpr_ros_training.sfxl import ViewRule
+from vpr_ros_training.sfxl import (angle_difference_deg, bearing_deg, crop_view, SfxlPlaces,
+                                   ViewRule)
 from vpr_ros_training.synthetic import render_places
 from vpr_ros_training.traversal import read_traversal_eval, read_traversal_places
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from training_fixtures import CONFIGS, quiet
 from training_fixtures import one_thread  # noqa: F401  (autouse fixture)
-from vpr_ros.core.models.checkpoint import load_checkpoint
+from vpr_ros.models.checkpoint import load_checkpoint
 from vpr_ros_training.config import load_config, StageOneConfig, StageTwoConfig
 from vpr_ros_training.evaluation import evaluate
 from vpr_ros_training.initialization import build_model

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 import torch
-from vpr_ros.core.models.pairvpr import patchify
-from vpr_ros.core.models.registry import create_model
+from vpr_ros.models.pairvpr import patchify
+from vpr_ros.models.registry import create_model
 from vpr_ros_training.config import StageOneOptim
 from vpr_ros_training.evaluation import roc_auc
-from vpr_ros_training.losses import batch_hard_triplets, GlobalLoss, masked_mse
-from vpr_ros_training.losses import normalised_patch_targets, pair_bce, reconstruction_loss
+from vpr_ros_training.losses import (batch_hard_triplets, GlobalLoss, masked_mse,
+                                     normalised_patch_targets, pair_bce, reconstruction_loss)
 from vpr_ros_training.schedules import apply_schedule, cosine_schedule, layer_decay_groups
 from vpr_ros_training.stage_two import LinearSchedule
 

@@ -11,9 +11,9 @@ from safetensors.torch import load_file, save_file
 import torch
 from training_fixtures import CONFIGS, quiet
 from training_fixtures import one_thread  # noqa: F401  (autouse fixture)
-from vpr_ros.core.errors import CheckpointError
-from vpr_ros.core.models.checkpoint import load_checkpoint, to_official_state_dict
-from vpr_ros.core.models.pair_decoder import interpolate_decoder_pos_embed
+from vpr_ros.errors import CheckpointError
+from vpr_ros.models.checkpoint import load_checkpoint, to_official_state_dict
+from vpr_ros.models.pair_decoder import interpolate_decoder_pos_embed
 from vpr_ros_training.config import load_config, RunConfig, StageOneConfig, StageTwoConfig
 from vpr_ros_training.distributed import DistContext
 from vpr_ros_training.export import export_run

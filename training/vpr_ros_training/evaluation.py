@@ -1,6 +1,6 @@
 """Held-out evaluation of a Pair-VPR model: global Recall@N, pair-classifier ROC-AUC, re-ranking.
 
-Images go through :func:`vpr_ros.core.preprocessing.preprocess` (the inference resize and
+Images go through :func:`vpr_ros.models.preprocessing.preprocess` (the inference resize and
 normalisation). Global retrieval ranks the database by inner product of the L2-normalised
 descriptors; the pair classifier scores each query's top-``K`` shortlist with both input orders
 summed (as the localizer does) and re-ranks it. The pair ROC-AUC is measured over the
@@ -13,9 +13,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from vpr_ros.core.metrics import recall_at_n
-from vpr_ros.core.models.vpr_model import VprModel
-from vpr_ros.core.preprocessing import preprocess
+from vpr_ros.evaluation.metrics import recall_at_n
+from vpr_ros.models.preprocessing import preprocess
+from vpr_ros.models.vpr_model import VprModel
 from vpr_ros_training.traversal import EvalSet
 
 RECALL_VALUES = (1, 5, 10)

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
-from vpr_ros.core.errors import ConfigError
-from vpr_ros.core.models.checkpoint import save_checkpoint
-from vpr_ros.core.models.registry import create_model
+from vpr_ros.errors import ConfigError
+from vpr_ros.models.checkpoint import save_checkpoint
+from vpr_ros.models.registry import create_model
 from vpr_ros_training.config import load_config, StageOneConfig, StageTwoConfig
 from vpr_ros_training.trainer import STATE_FILE
 

@@ -8,7 +8,7 @@ than ``min_images`` images (published recipe: 4) are dropped.
 import csv
 from pathlib import Path
 
-from vpr_ros.core.errors import DatasetError
+from vpr_ros.errors import DatasetError
 from vpr_ros_training.places import PlaceTable
 
 

@@ -16,13 +16,13 @@ from pathlib import Path
 from safetensors.torch import load_file
 from torch import nn
 
-from vpr_ros.core.errors import CheckpointError
-from vpr_ros.core.models.checkpoint import compare_state_dicts, describe_key_problems
-from vpr_ros.core.models.checkpoint import from_official_state_dict, load_official_dinov2
-from vpr_ros.core.models.checkpoint import read_checkpoint_spec, read_official_state_dict
-from vpr_ros.core.models.pair_decoder import interpolate_decoder_pos_embed
-from vpr_ros.core.models.registry import create_model
-from vpr_ros.core.models.vpr_model import VprModel
+from vpr_ros.errors import CheckpointError
+from vpr_ros.models.checkpoint import (compare_state_dicts, describe_key_problems,
+                                       from_official_state_dict, load_official_dinov2,
+                                       read_checkpoint_spec, read_official_state_dict)
+from vpr_ros.models.pair_decoder import interpolate_decoder_pos_embed
+from vpr_ros.models.registry import create_model
+from vpr_ros.models.vpr_model import VprModel
 from vpr_ros_training.config import ModelConfig
 
 LOGGER = logging.getLogger(__name__)

@@ -19,7 +19,7 @@ from pytorch_metric_learning.distances import CosineSimilarity, DotProductSimila
 import torch
 from torch.nn import functional as F
 
-from vpr_ros.core.models.pairvpr import patchify
+from vpr_ros.models.pairvpr import patchify
 
 PATCH_NORM_EPS = 1e-6
 

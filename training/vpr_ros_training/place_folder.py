@@ -10,7 +10,7 @@ Sub-folders are sorted by name; the place key is the folder name.
 
 from pathlib import Path
 
-from vpr_ros.core.errors import DatasetError
+from vpr_ros.errors import DatasetError
 from vpr_ros_training.places import list_images, PlaceTable
 
 

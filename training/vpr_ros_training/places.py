@@ -12,7 +12,7 @@ from typing import Sequence, Union
 import cv2
 import numpy as np
 
-from vpr_ros.core.errors import DatasetError, ImageDecodeError
+from vpr_ros.errors import DatasetError, ImageDecodeError
 
 LOGGER = logging.getLogger(__name__)
 

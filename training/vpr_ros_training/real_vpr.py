@@ -25,7 +25,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from vpr_ros.core.errors import DatasetError
+from vpr_ros.errors import DatasetError
 
 LOGGER = logging.getLogger(__name__)
 

@@ -33,24 +33,22 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from vpr_ros.core.calibration import fit_calibration
-from vpr_ros.core.config import validate
-from vpr_ros.core.evaluation import json_ready
-from vpr_ros.core.metrics import recall_at_n
-from vpr_ros.core.models.checkpoint import load_checkpoint, load_pretrained, save_checkpoint
-from vpr_ros.core.models.fingerprint import model_fingerprint
-from vpr_ros.core.preprocessing import preprocess
+from vpr_ros.config import validate
+from vpr_ros.evaluation.metrics import recall_at_n
+from vpr_ros.evaluation.runner import json_ready
+from vpr_ros.models.calibration import fit_calibration
+from vpr_ros.models.checkpoint import load_checkpoint, load_pretrained, save_checkpoint
+from vpr_ros.models.fingerprint import model_fingerprint
+from vpr_ros.models.preprocessing import preprocess
 from vpr_ros_training.config import config_as_dict, load_config, option
-from vpr_ros_training.default_weights import (evaluate_route, format_metrics,
-                                              FusionConfig, PairTrainingConfig,
-                                              train_pair_classifier, TRAINED_PREFIXES,
-                                              UNTRAINED_PREFIXES)
+from vpr_ros_training.default_weights import (evaluate_route, format_metrics, FusionConfig,
+                                              PairTrainingConfig, train_pair_classifier,
+                                              TRAINED_PREFIXES, UNTRAINED_PREFIXES)
 from vpr_ros_training.real_vpr import Pairing, parse_pairing, read_rgb, Traversal
 from vpr_ros_training.route_features import RouteFeatures, RoutesConfig
-from vpr_ros_training.run_folder import (git_state, REPO_ROOT, run_in_new_folder,
-                                         write_json_atomic)
-from vpr_ros_training.score_calibration import (assess_scoring, choose_beta,
-                                                fit_route_calibration, score_shortlists)
+from vpr_ros_training.run_folder import git_state, REPO_ROOT, run_in_new_folder, write_json_atomic
+from vpr_ros_training.score_calibration import (assess_scoring, choose_beta, fit_route_calibration,
+                                                score_shortlists)
 
 LOGGER = logging.getLogger('vpr_ros_training.real_weights')
 STAGE = 'real_weights'

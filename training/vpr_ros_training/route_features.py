@@ -1,6 +1,7 @@
 """Procedural routes encoded once by a frozen encoder, and the pairs mined from them.
 
-A route seed renders two traversals of :mod:`vpr_ros.core.sample`: traversal 0 (day) is the map,
+A route seed renders two traversals of :mod:`vpr_ros.sample.renderer`: traversal 0 (day) is the
+map,
 traversal 1 (dusk, offset viewpoint) the queries. With ``randomize`` the seed also draws the
 camera (field of view, height), the street width and how far the query camera strays (lateral
 offset, yaw jitter) from :data:`RANDOM_RANGES`, and with ``degrade`` every query image goes
@@ -29,11 +30,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 import torch
 
-from vpr_ros.core.config import validate
-from vpr_ros.core.errors import ConfigError
-from vpr_ros.core.geometry import positions_array
-from vpr_ros.core.preprocessing import preprocess
-from vpr_ros.core.sample import render_traversal, RouteConfig
+from vpr_ros.config import validate
+from vpr_ros.errors import ConfigError
+from vpr_ros.geometry import positions_array
+from vpr_ros.models.preprocessing import preprocess
+from vpr_ros.sample.renderer import render_traversal, RouteConfig
 from vpr_ros_training.augmentation import degrade_camera
 from vpr_ros_training.config import option
 

@@ -1,4 +1,4 @@
-"""Places from the project's procedural route (:func:`vpr_ros.core.sample.render_traversal`).
+"""Places from the project's procedural route (:func:`vpr_ros.sample.renderer.render_traversal`).
 
 Both traversals of a route (map: day; query: dusk, offset viewpoint) are rendered; frames are
 grouped into places by position: anchors every ``spacing_m`` metres along the map traversal, and
@@ -11,10 +11,10 @@ from functools import lru_cache
 
 import numpy as np
 
-from vpr_ros.core.errors import DatasetError
-from vpr_ros.core.geometry import positions_array
-from vpr_ros.core.metrics import positives_within_radius
-from vpr_ros.core.sample import render_traversal, RouteConfig
+from vpr_ros.data.ground_truth import positives_within_radius
+from vpr_ros.errors import DatasetError
+from vpr_ros.geometry import positions_array
+from vpr_ros.sample.renderer import render_traversal, RouteConfig
 from vpr_ros_training.places import PlaceTable
 from vpr_ros_training.traversal import EvalSet
 

@@ -25,9 +25,9 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from vpr_ros.core.calibration import Calibration, fit_calibration
-from vpr_ros.core.fusion import fuse_scores, RerankScoring
-from vpr_ros.core.metrics import precision_at_probability, recall_at_n, reliability
+from vpr_ros.evaluation.metrics import precision_at_probability, recall_at_n, reliability
+from vpr_ros.models.calibration import Calibration, fit_calibration
+from vpr_ros.models.fusion import fuse_scores, RerankScoring
 from vpr_ros_training.route_features import RouteFeatures, tokens_of
 
 BETAS = (0.0, 2.0, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0)

@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 
 from vpr_ros_training.distributed import broadcast_text, DistContext, init_distributed, shutdown
-from vpr_ros_training.run_folder import attach_log_files, describe_run, detach_log_files
-from vpr_ros_training.run_folder import make_deterministic, resolve_run_folder
+from vpr_ros_training.run_folder import (attach_log_files, describe_run, detach_log_files,
+                                         make_deterministic, resolve_run_folder)
 from vpr_ros_training.trainer import STATE_FILE
 
 LOGGER = logging.getLogger(__name__)

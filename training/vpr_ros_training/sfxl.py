@@ -17,7 +17,7 @@ from typing import Sequence
 
 import numpy as np
 
-from vpr_ros.core.errors import DatasetError
+from vpr_ros.errors import DatasetError
 from vpr_ros_training.places import PlaceSet, read_image
 
 UTM_EAST_FIELD = 1

@@ -7,8 +7,8 @@ training and held-out evaluation can use disjoint places of one dataset.
 
 from dataclasses import dataclass
 
-from vpr_ros.core.config import validate
-from vpr_ros.core.errors import ConfigError
+from vpr_ros.config import validate
+from vpr_ros.errors import ConfigError
 from vpr_ros_training.config import option, register_source, SourceConfig
 from vpr_ros_training.gldv2 import read_gldv2
 from vpr_ros_training.gsv_cities import read_gsv_cities, TRAIN_CITIES
@@ -17,8 +17,8 @@ from vpr_ros_training.places import PlaceSet, PlaceTable, PlaceUnion
 from vpr_ros_training.route_places import read_route_eval, read_route_places
 from vpr_ros_training.sfxl import read_sfxl_paths, SfxlPlaces, ViewRule
 from vpr_ros_training.synthetic import render_places
-from vpr_ros_training.traversal import EvalSet, places_eval, read_traversal_eval
-from vpr_ros_training.traversal import read_traversal_places
+from vpr_ros_training.traversal import (EvalSet, places_eval, read_traversal_eval,
+                                        read_traversal_places)
 
 
 def window(table: PlaceTable, first: int, stop: int) -> PlaceTable:
@@ -167,7 +167,7 @@ class SyntheticSource(SourceConfig):
 @register_source('route')
 @dataclass(frozen=True)
 class RouteSource(SourceConfig):
-    """The project's procedural two-traversal route (vpr_ros.core.sample), grouped by position."""
+    """The procedural two-traversal route (vpr_ros.sample.renderer), grouped by position."""
 
     seed: int = option(7, 'route seed (different seeds give disjoint places)')
     frames: int = option(120, 'frames rendered per traversal', (2, 100000))

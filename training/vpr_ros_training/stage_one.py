@@ -18,8 +18,8 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from vpr_ros.core.models.checkpoint import save_checkpoint
-from vpr_ros.core.models.dinov2 import PATCH_SIZE
+from vpr_ros.models.checkpoint import save_checkpoint
+from vpr_ros.models.dinov2 import PATCH_SIZE
 from vpr_ros_training.augmentation import PairAugmentation
 from vpr_ros_training.command_line import run_stage_command, tqdm_progress
 from vpr_ros_training.config import StageOneConfig, StageOneOptim
@@ -27,8 +27,8 @@ from vpr_ros_training.datasets import GlobalBatchSampler, make_loader, PairDatas
 from vpr_ros_training.distributed import all_reduce_sum, barrier, DistContext
 from vpr_ros_training.initialization import build_model, load_initial_weights
 from vpr_ros_training.losses import reconstruction_loss
-from vpr_ros_training.schedules import apply_schedule, cosine_schedule, layer_decay_groups
-from vpr_ros_training.schedules import schedule_value
+from vpr_ros_training.schedules import (apply_schedule, cosine_schedule, layer_decay_groups,
+                                        schedule_value)
 from vpr_ros_training.session import open_session
 from vpr_ros_training.sources import load_places
 from vpr_ros_training.trainer import freeze_unreached, no_progress, Progress, Trainer

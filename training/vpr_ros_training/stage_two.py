@@ -20,13 +20,13 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from vpr_ros.core.models.checkpoint import save_checkpoint
+from vpr_ros.models.checkpoint import save_checkpoint
 from vpr_ros_training.augmentation import PlaceAugmentation
 from vpr_ros_training.command_line import run_stage_command, tqdm_progress
 from vpr_ros_training.config import config_as_dict, StageTwoConfig, StageTwoOptim
 from vpr_ros_training.datasets import GlobalBatchSampler, make_loader, PlaceDataset
-from vpr_ros_training.distributed import all_reduce_sum, barrier, DistContext
-from vpr_ros_training.distributed import gather_labels, gather_with_grad
+from vpr_ros_training.distributed import (all_reduce_sum, barrier, DistContext, gather_labels,
+                                          gather_with_grad)
 from vpr_ros_training.evaluation import evaluate
 from vpr_ros_training.initialization import build_model, load_initial_weights
 from vpr_ros_training.losses import batch_hard_triplets, GlobalLoss, pair_bce

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from vpr_ros.core.errors import VprError
+from vpr_ros.errors import VprError
 from vpr_ros_training.config import RunConfig
 from vpr_ros_training.datasets import GlobalBatchSampler
 from vpr_ros_training.distributed import all_ranks_true, DistContext

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vpr_ros.core.errors import DatasetError
+from vpr_ros.errors import DatasetError
 from vpr_ros_training.places import list_images, PlaceTable
 
 

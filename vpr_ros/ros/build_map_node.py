@@ -22,19 +22,18 @@ from nav_msgs.msg import Odometry
 import numpy as np
 from std_srvs.srv import Trigger
 
-from vpr_ros.core.config import LocalizerConfig
-from vpr_ros.core.database import MapDatabase
-from vpr_ros.core.errors import VprError
-from vpr_ros.core.geometry import Pose
+from vpr_ros.config import LocalizerConfig
+from vpr_ros.errors import VprError
+from vpr_ros.geometry import Pose
+from vpr_ros.map.database import MapDatabase
 from vpr_ros.ros.conversions import pose_from_msg, PoseRejected, stamp_to_ns
 from vpr_ros.ros.keyframe_gate import KeyframeGate
 from vpr_ros.ros.node_config import BUILD_MAP_GROUPS
 from vpr_ros.ros.pose_buffer import PoseBuffer
-from vpr_ros.ros.vpr_node import (backend_summary, input_qos, run_node, StartupError,
-                                  VprNode)
+from vpr_ros.ros.vpr_node import backend_summary, input_qos, run_node, StartupError, VprNode
 
 if TYPE_CHECKING:     # imported when a node starts, so that --help needs no torch
-    from vpr_ros.core.localizer import Localizer
+    from vpr_ros.localization.localizer import Localizer
 
 KEYFRAME_QUEUE = 64
 WORKER_POLL_S = 0.2
@@ -85,7 +84,7 @@ class BuildMapNode(VprNode):
         return self._localizer
 
     def _build_localizer(self) -> 'Localizer':
-        from vpr_ros.core.localizer import Localizer
+        from vpr_ros.localization.localizer import Localizer
         config = self.params.config()
         model = self.load_model_from_parameters()
         path = Path(config.map_path)

@@ -1,6 +1,6 @@
 """Conversions between ROS messages and core types: images, poses and time stamps.
 
-Images go through :mod:`vpr_ros.core.image_codec` (no cv_bridge). Before the codec touches a raw
+Images go through :mod:`vpr_ros.data.image_codec` (no cv_bridge). Before the codec touches a raw
 buffer, :func:`image_from_msg` checks the size, encoding, step and data length itself so that a
 rejected message carries a short machine-readable reason (``ImageRejected.reason``), which the
 nodes count in /diagnostics.
@@ -14,9 +14,9 @@ from geometry_msgs.msg import Pose as PoseMsg
 import numpy as np
 from sensor_msgs.msg import CompressedImage, Image
 
-from vpr_ros.core import image_codec
-from vpr_ros.core.errors import ConfigError, ImageDecodeError
-from vpr_ros.core.geometry import Pose
+from vpr_ros.data import image_codec
+from vpr_ros.errors import ConfigError, ImageDecodeError
+from vpr_ros.geometry import Pose
 
 NS_PER_S = 1_000_000_000
 ImageMessage = Union[Image, CompressedImage]

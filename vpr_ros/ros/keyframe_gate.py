@@ -4,7 +4,7 @@ import math
 import threading
 from typing import Optional
 
-from vpr_ros.core.geometry import Pose
+from vpr_ros.geometry import Pose
 from vpr_ros.ros.node_config import KeyframeGateConfig
 
 NS_PER_S = 1e9

@@ -30,10 +30,10 @@ from std_msgs.msg import Float64MultiArray, Header
 from std_srvs.srv import SetBool, Trigger
 from visualization_msgs.msg import MarkerArray
 
-from vpr_ros.core.database import MANIFEST_FILE, MapDatabase
-from vpr_ros.core.errors import ImageDecodeError, MapChangedError, VprError
-from vpr_ros.core.geometry import positions_array
-from vpr_ros.core.image_codec import read_image_file
+from vpr_ros.data.image_codec import read_image_file
+from vpr_ros.errors import ImageDecodeError, MapChangedError, VprError
+from vpr_ros.geometry import positions_array
+from vpr_ros.map.database import MANIFEST_FILE, MapDatabase
 from vpr_ros.ros.conversions import image_to_msg, pose_from_msg, PoseRejected, stamp_to_ns
 from vpr_ros.ros.keyframe_gate import KeyframeGate
 from vpr_ros.ros.latest_slot import LatestSlot
@@ -45,7 +45,7 @@ from vpr_ros.ros.pose_buffer import PoseBuffer
 from vpr_ros.ros.vpr_node import backend_summary, input_qos, run_node, VprNode
 
 if TYPE_CHECKING:     # imported when a node starts, so that --help needs no torch
-    from vpr_ros.core.localizer import LocalizationResult, Localizer
+    from vpr_ros.localization.localizer import LocalizationResult, Localizer
 
 WORKER_POLL_S = 0.2
 MAP_MARKER_PERIOD_S = 5.0
@@ -123,7 +123,7 @@ class LocalizeNode(VprNode):
             return self._localizer
 
     def _build_localizer(self) -> 'Localizer':
-        from vpr_ros.core.localizer import Localizer
+        from vpr_ros.localization.localizer import Localizer
         model = self.load_model_from_parameters()
         database = self._open_map(model.spec)
         return Localizer(model, database, self.params.config('localizer'))
@@ -241,7 +241,7 @@ class LocalizeNode(VprNode):
         if not path or not Path(path).exists():
             raise VprError(f'map {path!r} does not exist')
         key = _manifest_key(path)     # before loading: a save during the load is seen next time
-        from vpr_ros.core.localizer import Localizer
+        from vpr_ros.localization.localizer import Localizer
         model = self.localizer.model
         database = self._load_map(path, model.spec)
         with self._lock:

@@ -35,8 +35,8 @@ import numpy as np
 from sensor_msgs.msg import PointCloud2, PointField
 from std_msgs.msg import Header
 
-from vpr_ros.core.errors import VprError
-from vpr_ros.core.geometry import Pose
+from vpr_ros.errors import VprError
+from vpr_ros.geometry import Pose
 
 NS_PER_S = 1_000_000_000
 POINT_STEP = 104

@@ -1,6 +1,6 @@
 """Node-side configuration: frozen dataclasses behind the ROS parameters of each node.
 
-Like :mod:`vpr_ros.core.config`, every field carries ``metadata['help']`` and, for numbers,
+Like :mod:`vpr_ros.config`, every field carries ``metadata['help']`` and, for numbers,
 ``metadata['range']`` (min, max) or, for strings, ``metadata['choices']``. ``runtime=True`` in the
 metadata marks a parameter that may change while the node runs; all others are read-only.
 
@@ -12,7 +12,7 @@ those keys (test-enforced).
 from dataclasses import dataclass, fields
 from typing import Optional
 
-from vpr_ros.core.config import DEFAULT_MODEL, IndexConfig, LocalizerConfig, option, validate
+from vpr_ros.config import DEFAULT_MODEL, IndexConfig, LocalizerConfig, option, validate
 
 RELIABILITIES = ('best_effort', 'reliable')
 POSE_SOURCES = ('odometry', 'pose_stamped', 'pose_with_covariance')

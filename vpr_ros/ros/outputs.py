@@ -17,7 +17,7 @@ import numpy as np
 from std_msgs.msg import ColorRGBA, Float64MultiArray, Header
 from visualization_msgs.msg import Marker, MarkerArray
 
-from vpr_ros.core.geometry import Pose
+from vpr_ros.geometry import Pose
 from vpr_ros.ros.conversions import pose_to_msg
 
 NS_PER_S = 1e9

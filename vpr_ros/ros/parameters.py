@@ -16,8 +16,8 @@ from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescr
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 
-from vpr_ros.core.config import config_from_dict, config_to_dict
-from vpr_ros.core.errors import ConfigError
+from vpr_ros.config import config_from_dict, config_to_dict
+from vpr_ros.errors import ConfigError
 from vpr_ros.ros.node_config import ParameterGroup
 
 ChangeCallback = Callable[[set], None]

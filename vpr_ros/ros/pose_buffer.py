@@ -5,7 +5,7 @@ from collections import deque
 import threading
 from typing import Optional
 
-from vpr_ros.core.geometry import Pose
+from vpr_ros.geometry import Pose
 
 
 class PoseBuffer:

@@ -20,7 +20,7 @@ from rclpy.signals import SignalHandlerOptions
 from rclpy.utilities import remove_ros_args
 from sensor_msgs.msg import CompressedImage, Image
 
-from vpr_ros.core.errors import MapMismatchError, VprError
+from vpr_ros.errors import MapMismatchError, VprError
 from vpr_ros.ros.conversions import image_from_msg, ImageRejected
 from vpr_ros.ros.diagnostics import (diagnostic_array, diagnostic_status, DIAGNOSTICS_TOPIC,
                                      NodeStatistics, STATUS_PREFIX)
@@ -28,7 +28,7 @@ from vpr_ros.ros.node_config import ParameterGroup
 from vpr_ros.ros.parameters import NodeParameters, parameters_help
 
 if TYPE_CHECKING:
-    from vpr_ros.core.models.vpr_model import VprModel
+    from vpr_ros.models.vpr_model import VprModel
 
 REJECTION_LOG_PERIOD_S = 5.0
 
@@ -100,8 +100,9 @@ class VprNode(Node):
         Raises:
             StartupError: naming the parameter at fault and how to fix it.
         """
-        from vpr_ros.core.localizer import load_model, select_device
-        from vpr_ros.core.models.registry import list_models
+        from vpr_ros.localization.localizer import select_device
+        from vpr_ros.models.loader import load_model
+        from vpr_ros.models.registry import list_models
         config = self.params.config()
         device = self.params.config('localizer').device
         try:

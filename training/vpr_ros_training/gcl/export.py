@@ -4,7 +4,7 @@ The core must not import training code, so a trained network can only be deploye
 registry can rebuild it. Of the architectures trained here that is EfficientNet-Lite0 + GeM
 (learnable ``p``), the core's ``efficientnet_lite0_gem``: :func:`to_core_model` copies the
 weights (``backbone.model.*`` -> ``encoder.*``, ``pool.p``) and :func:`export_core_checkpoint`
-writes them with :func:`vpr_ros.core.models.checkpoint.save_checkpoint`. VGG16/ResNet/ResNeXt +
+writes them with :func:`vpr_ros.models.checkpoint.save_checkpoint`. VGG16/ResNet/ResNeXt +
 GeM, NetVLAD and PCA-whitening have no core model yet; they are saved as training state only.
 """
 
@@ -12,10 +12,10 @@ from pathlib import Path
 
 import torch
 
-from vpr_ros.core.errors import CheckpointError
-from vpr_ros.core.models.checkpoint import save_checkpoint
-from vpr_ros.core.models.registry import create_model
-from vpr_ros.core.models.vpr_model import VprModel
+from vpr_ros.errors import CheckpointError
+from vpr_ros.models.checkpoint import save_checkpoint
+from vpr_ros.models.registry import create_model
+from vpr_ros.models.vpr_model import VprModel
 
 CORE_ARCHITECTURE = 'efficientnet_lite0_gem'
 

@@ -31,7 +31,7 @@ from typing import Union
 
 import numpy as np
 
-from vpr_ros.core.config import validate
+from vpr_ros.config import validate
 from vpr_ros_training.config import option
 
 TWO_PI = 2.0 * math.pi

@@ -23,8 +23,8 @@ from typing import Union
 
 import numpy as np
 
-from vpr_ros.core.errors import DatasetError
-from vpr_ros.core.metrics import positives_within_radius
+from vpr_ros.data.ground_truth import positives_within_radius
+from vpr_ros.errors import DatasetError
 from vpr_ros_training.gcl.fov import fov_similarity, FovConfig, heading_difference
 
 LOGGER = logging.getLogger(__name__)

@@ -26,11 +26,11 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from vpr_ros.core.errors import DatasetError
-from vpr_ros.core.metrics import positives_within_radius
+from vpr_ros.data.ground_truth import positives_within_radius
+from vpr_ros.errors import DatasetError
 from vpr_ros_training.gcl.fov import compass_to_yaw, FovConfig
-from vpr_ros_training.gcl.labels import Cameras, graded_labels, LabelMatrix, read_labels
-from vpr_ros_training.gcl.labels import write_labels
+from vpr_ros_training.gcl.labels import (Cameras, graded_labels, LabelMatrix, read_labels,
+                                         write_labels)
 from vpr_ros_training.gcl.pairs import binary_matrix, PairSource
 from vpr_ros_training.traversal import EvalSet
 

@@ -31,12 +31,12 @@ import torch
 from torch import nn
 import torchvision
 
-from vpr_ros.core.errors import CheckpointError, ConfigError
-from vpr_ros.core.models.efficientnet import GeM
-from vpr_ros.core.models.registry import ENCODERS
-from vpr_ros.core.models.spec import ModelSpec
-from vpr_ros.core.models.vpr_model import VprModel
-from vpr_ros.core.preprocessing import IMAGENET_MEAN, IMAGENET_STD
+from vpr_ros.errors import CheckpointError, ConfigError
+from vpr_ros.models.efficientnet import GeM
+from vpr_ros.models.preprocessing import IMAGENET_MEAN, IMAGENET_STD
+from vpr_ros.models.registry import ENCODERS
+from vpr_ros.models.spec import ModelSpec
+from vpr_ros.models.vpr_model import VprModel
 from vpr_ros_training.gcl.whitening import PcaWhitening
 from vpr_ros_training.sare.netvlad import NetVlad
 

@@ -1,7 +1,7 @@
 """Training data of GCL: per-city query/database images, label matrices and panorama flags.
 
 A :class:`PairSource` is what the pair sampler and the pair dataset need. Builders:
-:func:`route_pair_source` (the project's procedural route, :mod:`vpr_ros.core.sample`: the dusk
+:func:`route_pair_source` (the project's procedural route, :mod:`vpr_ros.sample.renderer`: the dusk
 traversal is the query set, the day traversal the database, labels from the rendered camera
 poses), :func:`traversal_pair_source` (a two-traversal folder such as ``../shared/data/corridor``
 whose frame ``i`` of both traversals shows the same place: cameras are placed ``frame_spacing_m``
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vpr_ros.core.sample import render_traversal, RouteConfig
+from vpr_ros.sample.renderer import render_traversal, RouteConfig
 from vpr_ros_training.gcl.fov import FovConfig
 from vpr_ros_training.gcl.labels import Cameras, graded_labels, LabelMatrix
 from vpr_ros_training.traversal import frame_range, traversal_frames

@@ -1,8 +1,10 @@
 """Held-out Recall@N of a global-descriptor model (GCL, SARE and StructVPR evaluation).
 
-Images go through :func:`vpr_ros.core.preprocessing.preprocess` (resize to the model's input size,
+Images go through :func:`vpr_ros.models.preprocessing.preprocess` (resize to the model's input
+size,
 ImageNet normalisation), descriptors are L2-normalised, the database is ranked by inner product
-(the same order as L2 distance) and :func:`vpr_ros.core.metrics.recall_at_n` counts a query as
+(the same order as L2 distance) and :func:`vpr_ros.evaluation.metrics.recall_at_n` counts a query
+as
 found at ``N`` when a positive is among its first ``N`` results (queries without positives count
 as misses).
 """
@@ -12,8 +14,8 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 
-from vpr_ros.core.metrics import recall_at_n
-from vpr_ros.core.preprocessing import preprocess
+from vpr_ros.evaluation.metrics import recall_at_n
+from vpr_ros.models.preprocessing import preprocess
 from vpr_ros_training.places import PlaceTable
 from vpr_ros_training.traversal import EvalSet
 

@@ -26,7 +26,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 import torch
 
-from vpr_ros.core.errors import CheckpointError
+from vpr_ros.errors import CheckpointError
 from vpr_ros_training.distributed import barrier, DistContext
 from vpr_ros_training.gcl.export import core_compatible, export_core_checkpoint
 from vpr_ros_training.gcl.retrieval import describe_items, evaluate_recall, Transform

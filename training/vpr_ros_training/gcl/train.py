@@ -21,8 +21,8 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from vpr_ros.core.config import validate
-from vpr_ros.core.preprocessing import preprocess
+from vpr_ros.config import validate
+from vpr_ros.models.preprocessing import preprocess
 from vpr_ros_training.command_line import run_stage_command, tqdm_progress
 from vpr_ros_training.config import config_as_dict, option, RunConfig
 from vpr_ros_training.datasets import make_loader
@@ -30,8 +30,8 @@ from vpr_ros_training.distributed import all_reduce_sum, DistContext
 from vpr_ros_training.gcl.fov import FovConfig
 from vpr_ros_training.gcl.loss import contrastive_loss, gcl_loss, pair_distance
 from vpr_ros_training.gcl.msls import msls_eval_set, msls_pair_source, TRAIN_CITIES, VAL_CITIES
-from vpr_ros_training.gcl.networks import BACKBONES, calibrate_batch_norm, GemNet
-from vpr_ros_training.gcl.networks import load_official_gcl, POOLS
+from vpr_ros_training.gcl.networks import (BACKBONES, calibrate_batch_norm, GemNet,
+                                           load_official_gcl, POOLS)
 from vpr_ros_training.gcl.pairs import PairSource, route_pair_source, traversal_pair_source
 from vpr_ros_training.gcl.runner import BestKeeper, EpochKeySampler, Selection, StepDecay
 from vpr_ros_training.gcl.sampling import draw_pairs

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from vpr_ros.core.errors import ConfigError
+from vpr_ros.errors import ConfigError
 
 EIGEN_EPS = 1e-9
 

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from vpr_ros.core.config import validate
-from vpr_ros.core.metrics import positives_within_radius
+from vpr_ros.config import validate
+from vpr_ros.data.ground_truth import positives_within_radius
 from vpr_ros_training.config import option
 from vpr_ros_training.distributed import DistContext
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from vpr_ros.core.errors import DatasetError
-from vpr_ros.core.metrics import positives_within_radius
+from vpr_ros.data.ground_truth import positives_within_radius
+from vpr_ros.errors import DatasetError
 from vpr_ros_training.traversal import EvalSet
 
 FIELDS = ('whichSet', 'dbImageFns', 'utmDb', 'qImageFns', 'utmQ', 'numImages', 'numQueries',

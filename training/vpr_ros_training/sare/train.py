@@ -21,8 +21,8 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from vpr_ros.core.config import validate
-from vpr_ros.core.preprocessing import preprocess
+from vpr_ros.config import validate
+from vpr_ros.models.preprocessing import preprocess
 from vpr_ros_training.command_line import run_stage_command, tqdm_progress
 from vpr_ros_training.config import config_as_dict, option, RunConfig
 from vpr_ros_training.datasets import make_loader
@@ -31,12 +31,12 @@ from vpr_ros_training.gcl.fov import FovConfig
 from vpr_ros_training.gcl.networks import BACKBONES, calibrate_batch_norm, GemNet
 from vpr_ros_training.gcl.pairs import render_route_cameras, traversal_pair_source
 from vpr_ros_training.gcl.retrieval import describe_items, Transform
-from vpr_ros_training.gcl.runner import BestKeeper, EpochKeySampler, load_weights, Selection
-from vpr_ros_training.gcl.runner import StepDecay
+from vpr_ros_training.gcl.runner import (BestKeeper, EpochKeySampler, load_weights, Selection,
+                                         StepDecay)
 from vpr_ros_training.places import PlaceTable
 from vpr_ros_training.route_places import read_route_eval
-from vpr_ros_training.sare.losses import contrastive_tuple_loss, KERNELS, REDUCTIONS
-from vpr_ros_training.sare.losses import sare_loss, triplet_loss, VARIANTS
+from vpr_ros_training.sare.losses import (contrastive_tuple_loss, KERNELS, REDUCTIONS, sare_loss,
+                                          triplet_loss, VARIANTS)
 from vpr_ros_training.sare.mining import broadcast_keys, MiningConfig, TupleMiner
 from vpr_ros_training.sare.netvlad import sample_local_features
 from vpr_ros_training.sare.pittsburgh import read_pitts_split

@@ -33,8 +33,8 @@ from typing import Optional, Sequence
 import cv2
 import numpy as np
 
-from vpr_ros.core.config import validate
-from vpr_ros.core.errors import ConfigError, DatasetError, ImageDecodeError, ImageEncodeError
+from vpr_ros.config import validate
+from vpr_ros.errors import ConfigError, DatasetError, ImageDecodeError, ImageEncodeError
 from vpr_ros_training.config import option
 from vpr_ros_training.places import PlaceTable
 from vpr_ros_training.sare.netvlad import kmeans

@@ -16,8 +16,8 @@ import cv2
 import numpy as np
 import torch
 
-from vpr_ros.core.config import validate
-from vpr_ros.core.errors import ConfigError, ImageDecodeError
+from vpr_ros.config import validate
+from vpr_ros.errors import ConfigError, ImageDecodeError
 from vpr_ros_training.config import option
 
 CITYSCAPES_CLASSES = 19

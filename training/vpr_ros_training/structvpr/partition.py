@@ -28,8 +28,8 @@ from typing import Sequence
 
 import numpy as np
 
-from vpr_ros.core.config import validate
-from vpr_ros.core.metrics import first_positive_ranks
+from vpr_ros.config import validate
+from vpr_ros.evaluation.metrics import first_positive_ranks
 from vpr_ros_training.config import option
 
 GROUPS = ('S1', 'S2', 'D1', 'D2', 'D3', 'D4', 'R1', 'R2')

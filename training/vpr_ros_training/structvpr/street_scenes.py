@@ -20,7 +20,7 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
-from vpr_ros.core.config import validate
+from vpr_ros.config import validate
 from vpr_ros_training.config import option
 
 CLASSES = ('sky', 'building', 'window', 'door', 'vegetation', 'pole', 'road', 'sign')

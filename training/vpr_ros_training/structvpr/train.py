@@ -27,10 +27,10 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from vpr_ros.core.config import validate
-from vpr_ros.core.errors import ConfigError
-from vpr_ros.core.metrics import positives_within_radius
-from vpr_ros.core.preprocessing import preprocess
+from vpr_ros.config import validate
+from vpr_ros.data.ground_truth import positives_within_radius
+from vpr_ros.errors import ConfigError
+from vpr_ros.models.preprocessing import preprocess
 from vpr_ros_training.command_line import run_stage_command, tqdm_progress
 from vpr_ros_training.config import config_as_dict, option, RunConfig
 from vpr_ros_training.datasets import make_loader
@@ -38,20 +38,19 @@ from vpr_ros_training.distributed import all_reduce_sum, barrier, DistContext
 from vpr_ros_training.gcl.msls import msls_eval_set, read_msls_split, VAL_CITIES
 from vpr_ros_training.gcl.networks import BACKBONES, GemNet, POOLS
 from vpr_ros_training.gcl.retrieval import describe_items
-from vpr_ros_training.gcl.runner import BestKeeper, EpochKeySampler, load_weights
-from vpr_ros_training.gcl.runner import Selection, StepDecay
+from vpr_ros_training.gcl.runner import (BestKeeper, EpochKeySampler, load_weights, Selection,
+                                         StepDecay)
 from vpr_ros_training.places import PlaceTable
 from vpr_ros_training.sare.losses import triplet_loss
 from vpr_ros_training.sare.mining import broadcast_keys, MiningConfig, TupleMiner
 from vpr_ros_training.sare.train import initialise_clusters, traversal_tuple_source
 from vpr_ros_training.session import open_session
-from vpr_ros_training.structvpr.colour_segmenter import ColourSegmenter, ColourSegmenterConfig
-from vpr_ros_training.structvpr.colour_segmenter import fit_traversal
+from vpr_ros_training.structvpr.colour_segmenter import (ColourSegmenter, ColourSegmenterConfig,
+                                                         fit_traversal)
 from vpr_ros_training.structvpr.distillation import weighted_distillation
-from vpr_ros_training.structvpr.label_maps import encode_label_maps, LabelMapConfig
-from vpr_ros_training.structvpr.label_maps import read_label_map
-from vpr_ros_training.structvpr.partition import distillation_weights, group_fractions
-from vpr_ros_training.structvpr.partition import PartitionConfig, positive_ranks
+from vpr_ros_training.structvpr.label_maps import encode_label_maps, LabelMapConfig, read_label_map
+from vpr_ros_training.structvpr.partition import (distillation_weights, group_fractions,
+                                                  PartitionConfig, positive_ranks)
 from vpr_ros_training.structvpr.street_scenes import render_street, StreetConfig
 from vpr_ros_training.trainer import Progress, Trainer
 from vpr_ros_training.traversal import EvalSet, read_traversal_eval

@@ -1,1 +1,0 @@
-"""Command-line tools of the core; each module exposes ``main(argv=None) -> int``."""

@@ -1,1 +1,0 @@
-"""Model registry, the Pair-VPR port, encoders and checkpoint I/O."""
