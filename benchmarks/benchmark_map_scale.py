@@ -31,7 +31,8 @@ from harness import set_threads
 import numpy as np
 
 from vpr_ros.config import IndexConfig
-from vpr_ros.map.database import MapDatabase, MapEntry
+from vpr_ros.map.database import MapDatabase
+from vpr_ros.map.entries import MapEntry
 from vpr_ros.models.spec import ModelSpec
 
 TOP_K = 10

@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 from vpr_ros.config import IndexConfig
-from vpr_ros.map.database import MapDatabase, MapEntry
+from vpr_ros.map.database import MapDatabase
+from vpr_ros.map.entries import MapEntry
 from vpr_ros.models.preprocessing import preprocess
 from vpr_ros.models.registry import create_model
 

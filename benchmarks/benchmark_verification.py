@@ -34,7 +34,8 @@ import numpy as np
 from vpr_ros.config import LocalizerConfig, VERIFY_MODELS
 from vpr_ros.localization.localizer import Localizer
 from vpr_ros.localization.verification import count_inliers, token_grid
-from vpr_ros.map.database import MapDatabase, MapEntry
+from vpr_ros.map.database import MapDatabase
+from vpr_ros.map.entries import MapEntry
 
 GAMMAS = (0.0, 0.1, 0.2, 0.5, 1.0)
 INLIER_THRESHOLDS = (10, 20, 30, 40, 60, 80)

@@ -15,7 +15,8 @@ from typing import Callable, Iterator, Optional, Sequence
 import numpy as np
 import torch
 
-from vpr_ros.map.database import MapDatabase, MapEntry
+from vpr_ros.map.database import MapDatabase
+from vpr_ros.map.entries import MapEntry
 from vpr_ros.models.checkpoint import load_checkpoint
 from vpr_ros.models.registry import create_model
 from vpr_ros.models.spec import ModelSpec

@@ -37,8 +37,9 @@ import numpy as np
 
 from vpr_ros.config import IndexConfig
 from vpr_ros.errors import MapError
-from vpr_ros.map import database
+from vpr_ros.map import database, storage, token_store
 from vpr_ros.map.database import MapDatabase
+from vpr_ros.map.manifest import MANIFEST_FILE
 from vpr_ros.models.spec import ModelSpec
 
 DIM = 16
@@ -89,21 +90,21 @@ class _Steps:
 
 def _install(steps: _Steps, mode: str) -> None:
     """Route every file-system step of a save through ``steps`` (in a forked child only)."""
-    real_write_file = database._write_file
+    real_write_file = database.write_file
 
     def write_file(path: Path, fill) -> dict:
         steps.file = path.name
         return real_write_file(path, fill)
-    database._write_file = write_file
-    database._CHUNK_BYTES = CHUNK_BYTES
-    steps.wrap(database._HashingWriter, 'write', lambda: f'write {steps.file}')
+    database.write_file = write_file
+    token_store.CHUNK_BYTES = CHUNK_BYTES
+    steps.wrap(storage.HashingWriter, 'write', lambda: f'write {steps.file}')
     for name in ('fsync', 'rename', 'replace', 'mkdir'):
         steps.wrap(os, name, name)
     steps.wrap(shutil, 'rmtree', 'rmtree')
     if mode == 'rename':
-        database._exchange = lambda a, b: False
+        storage._exchange = lambda a, b: False
     else:
-        steps.wrap(database, '_exchange', 'exchange')
+        steps.wrap(storage, '_exchange', 'exchange')
 
 
 def _run_child(new: MapDatabase, target: Path, stop_at: int, mode: str, log: Path) -> int:
@@ -224,15 +225,15 @@ def _fuzz_bases(root: Path) -> dict:
 
 def _mutate(root: Path, data: st.DataObject) -> None:
     """Apply one drawn mutation to the map at ``root``."""
-    manifest_path = root / database.MANIFEST_FILE
+    manifest_path = root / MANIFEST_FILE
     manifest = json.loads(manifest_path.read_text())
-    name = data.draw(st.sampled_from(sorted(manifest['files']) + [database.MANIFEST_FILE]))
-    if name == database.MANIFEST_FILE and data.draw(st.booleans()):
+    name = data.draw(st.sampled_from(sorted(manifest['files']) + [MANIFEST_FILE]))
+    if name == MANIFEST_FILE and data.draw(st.booleans()):
         manifest_path.write_text(json.dumps(data.draw(json_edited(manifest))))
         return
     raw = data.draw(mutated((root / name).read_bytes()))
     (root / name).write_bytes(raw)
-    if name != database.MANIFEST_FILE and data.draw(st.booleans()):
+    if name != MANIFEST_FILE and data.draw(st.booleans()):
         manifest['files'][name] = {'sha256': hashlib.sha256(raw).hexdigest(), 'bytes': len(raw)}
         manifest_path.write_text(json.dumps(manifest))
 

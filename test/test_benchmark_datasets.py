@@ -7,11 +7,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vpr_ros.data.benchmark_datasets import (EvalDataset, load_dataset, nordland_positives,
-                                             pairs_from_traversals, read_bag_pair,
-                                             read_folder_dataset, read_index_list_dataset,
-                                             read_msls_test, read_msls_val, read_nordland,
-                                             read_pittsburgh, read_tokyo247, write_msls_submission)
+from vpr_ros.data.benchmarks.dataset import EvalDataset
+from vpr_ros.data.benchmarks.formats import load_dataset
+from vpr_ros.data.benchmarks.image_folders import read_folder_dataset
+from vpr_ros.data.benchmarks.index_list import read_index_list_dataset
+from vpr_ros.data.benchmarks.msls import read_msls_test, read_msls_val, write_msls_submission
+from vpr_ros.data.benchmarks.netvlad import read_pittsburgh, read_tokyo247
+from vpr_ros.data.benchmarks.nordland import nordland_positives, read_nordland
+from vpr_ros.data.benchmarks.traversals import pairs_from_traversals, read_bag_pair
 from vpr_ros.data.frame import Frame
 from vpr_ros.data.image_codec import encode_compressed
 from vpr_ros.errors import DatasetError
@@ -388,7 +391,7 @@ def test_loop_matrix_npy_mat_npz_match_brute_force(tmp_path: Path) -> None:
     """A square matrix in .npy, .mat (found among other variables, or sparse) or .npz agrees."""
     from scipy.io import savemat
     from scipy.sparse import csc_matrix
-    from vpr_ros.data.benchmark_datasets import read_loop_matrix_dataset
+    from vpr_ros.data.benchmarks.loop_matrix import read_loop_matrix_dataset
     root = _sequence_images(tmp_path / 'seq')
     matrix = _loop_matrix()
     np.save(root / 'gt.npy', matrix)
@@ -412,7 +415,7 @@ def test_loop_matrix_npy_mat_npz_match_brute_force(tmp_path: Path) -> None:
 def test_loop_matrix_errors_name_the_problem(tmp_path: Path) -> None:
     """Non-square, not 2-D, wrong size, ambiguous, missing, pickled or NaN matrices are named."""
     from scipy.io import savemat
-    from vpr_ros.data.benchmark_datasets import read_loop_matrix_dataset
+    from vpr_ros.data.benchmarks.loop_matrix import read_loop_matrix_dataset
     root = _sequence_images(tmp_path / 'seq')
     cases = {'rect.npy': (np.zeros((30, 29)), 'not square: shape \\(30, 29\\)'),
              'cube.npy': (np.zeros((30, 30, 2)), 'shape \\(30, 30, 2\\).*2-D'),
@@ -470,7 +473,7 @@ def _write_kitti(root: Path, centres: np.ndarray) -> Path:
 
 def test_kitti_poses_positives_match_brute_force(tmp_path: Path) -> None:
     """Positives are the frames at least min-gap back within the radius (3-D, inclusive)."""
-    from vpr_ros.data.benchmark_datasets import read_kitti_poses_dataset
+    from vpr_ros.data.benchmarks.kitti import read_kitti_poses_dataset
     root = _sequence_images(tmp_path / '00', folder='image_2')
     centres = _kitti_trajectory()
     _write_kitti(root, centres)
@@ -489,7 +492,7 @@ def test_kitti_poses_positives_match_brute_force(tmp_path: Path) -> None:
 
 def test_kitti_poses_errors_name_the_problem(tmp_path: Path) -> None:
     """A short line, a word, a missing pose or image folder is a DatasetError naming it."""
-    from vpr_ros.data.benchmark_datasets import read_kitti_poses_dataset
+    from vpr_ros.data.benchmarks.kitti import read_kitti_poses_dataset
     root = _sequence_images(tmp_path / '00')
     path = _write_kitti(root, _kitti_trajectory())
     lines = path.read_text().splitlines()
@@ -510,7 +513,7 @@ def test_kitti_poses_errors_name_the_problem(tmp_path: Path) -> None:
 
 def test_sequence_exclusion_by_time_matches_brute_force(tmp_path: Path) -> None:
     """The map of frame i: frames <= i - gap stamped at least exclude_recent_s earlier."""
-    from vpr_ros.data.benchmark_datasets import read_loop_matrix_dataset
+    from vpr_ros.data.benchmarks.loop_matrix import read_loop_matrix_dataset
     root = _sequence_images(tmp_path / 'seq')
     np.save(root / 'gt.npy', _loop_matrix())
     rng = np.random.default_rng(5)
@@ -538,7 +541,7 @@ def test_sequence_exclusion_by_time_matches_brute_force(tmp_path: Path) -> None:
 
 def test_sequence_exclusion_needs_stamps(tmp_path: Path) -> None:
     """Without stamps (plain image files) a time exclusion is refused, naming the remedies."""
-    from vpr_ros.data.benchmark_datasets import read_loop_matrix_dataset
+    from vpr_ros.data.benchmarks.loop_matrix import read_loop_matrix_dataset
     root = _sequence_images(tmp_path / 'seq')
     np.save(root / 'gt.npy', _loop_matrix())
     with pytest.raises(DatasetError, match='needs frame stamps.*times.*frame rate'):
@@ -555,7 +558,7 @@ def test_sequence_exclusion_needs_stamps(tmp_path: Path) -> None:
 
 def test_sequence_min_gap_is_inclusive(tmp_path: Path) -> None:
     """A revisit exactly min-gap frames back is a positive and in the map; one less is not."""
-    from vpr_ros.data.benchmark_datasets import read_sequence_dataset
+    from vpr_ros.data.benchmarks.sequence import read_sequence_dataset
     root = _sequence_images(tmp_path / 'seq', count=12)
     loops = [{'frame': 11, 'revisits': [1]}, {'frame': 10, 'revisits': [1]}]
     (root / 'ground_truth.json').write_text(json.dumps(

@@ -19,19 +19,21 @@ from safetensors import safe_open
 import torch
 
 from vpr_ros.cli import vpr_calibrate, vpr_convert
-from vpr_ros.cli.vpr_calibrate import (CalibrationSet, choose_beta, collect_shortlists,
-                                       fit_scoring, Shortlists, write_scoring)
+from vpr_ros.cli.vpr_calibrate import write_scoring
 from vpr_ros.config import IndexConfig, LocalizerConfig
-from vpr_ros.data.benchmark_datasets import EvalDataset
+from vpr_ros.data.benchmarks.dataset import EvalDataset
 from vpr_ros.errors import CheckpointError, DatasetError
+from vpr_ros.evaluation.calibration_fit import (BETAS, CalibrationSet, choose_beta,
+                                                collect_shortlists, fit_scoring, Shortlists)
 from vpr_ros.localization.localizer import Localizer
 from vpr_ros.map.database import MapDatabase
 from vpr_ros.models.calibration import Calibration
-from vpr_ros.models.checkpoint import (load_checkpoint, load_pretrained, shipped_weights_path,
-                                       to_official_state_dict)
+from vpr_ros.models.checkpoint import load_checkpoint, load_pretrained, shipped_weights_path
 from vpr_ros.models.fusion import RerankScoring
+from vpr_ros.models.official_weights import to_official_state_dict
 from vpr_ros.models.registry import create_model
-from vpr_ros.sample.renderer import render_traversal, RouteConfig
+from vpr_ros.sample.renderer import render_traversal
+from vpr_ros.sample.route import RouteConfig
 
 FAST = ['--backend', 'torch', '--device', 'cpu']
 ROUTE = RouteConfig(length_m=120.0, frames_per_traversal=24)
@@ -195,7 +197,7 @@ def test_calibrate_the_shipped_model_on_a_small_dataset(route_dataset, tmp_path,
         assert words in printed
     assert sha256(shipped) == before                   # the installed weights stay as they are
     scoring = load_checkpoint(out).rerank_scoring
-    assert scoring.fusion == 'fused' and scoring.beta in vpr_calibrate.BETAS
+    assert scoring.fusion == 'fused' and scoring.beta in BETAS
     assert scoring.calibration.scale > 0 and scoring.global_calibration is not None
     assert 'vpr-calibrate on' in scoring.fitted_on and 'top-10' in scoring.fitted_on
     info, shipped_info = metadata(out), metadata(shipped)

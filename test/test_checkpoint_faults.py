@@ -19,7 +19,8 @@ import torch
 
 from vpr_ros.errors import CheckpointError
 from vpr_ros.models.checkpoint import (checkpoint_digest, load_checkpoint, read_checkpoint_spec,
-                                       read_official_state_dict, save_checkpoint, tensor_digest)
+                                       save_checkpoint, tensor_digest)
+from vpr_ros.models.official_weights import read_official_state_dict
 from vpr_ros.models.registry import create_model
 
 ARCH = 'efficientnet_lite0_gem'

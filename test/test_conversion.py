@@ -19,11 +19,11 @@ import torch
 
 from vpr_ros.cli import vpr_convert, vpr_eval, vpr_localize, vpr_map
 from vpr_ros.errors import CheckpointError
-from vpr_ros.models.checkpoint import (load_checkpoint, load_official_pairvpr, save_checkpoint,
-                                       to_official_state_dict)
+from vpr_ros.models.checkpoint import load_checkpoint, save_checkpoint
 from vpr_ros.models.conversion import convert_official_file, inspect_official, load_any_checkpoint
 from vpr_ros.models.dinov2 import to_official_keys
 from vpr_ros.models.loader import load_model
+from vpr_ros.models.official_weights import load_official_pairvpr, to_official_state_dict
 from vpr_ros.models.registry import create_model
 
 # Heads 64 wide, so the head counts are inferred from the widths.

@@ -13,7 +13,9 @@ from vpr_ros.config import IndexConfig
 from vpr_ros.errors import MapError, MapFormatError, MapMismatchError
 from vpr_ros.geometry import pose_from_xy_yaw
 from vpr_ros.map import database
-from vpr_ros.map.database import MapDatabase, MapEntry
+from vpr_ros.map.database import MapDatabase
+from vpr_ros.map.entries import MapEntry
+from vpr_ros.map.index import ivfpq_train_size
 from vpr_ros.models.spec import ModelSpec
 
 DIM = 32
@@ -120,7 +122,7 @@ def test_hnsw_recall_against_brute_force() -> None:
 def test_ivfpq_exact_until_trained_then_approximate(tmp_path: Path) -> None:
     """IVF-PQ answers exactly before training, then finds most true neighbours; survives saving."""
     config = IndexConfig(kind='ivfpq', ivf_nlist=16, ivf_nprobe=16, pq_m=8, refine_k=0)
-    train_size = database.ivfpq_train_size(config)
+    train_size = ivfpq_train_size(config)
     vectors = synthetic_descriptors(train_size, seed=5, clusters=64, spread=1.0)
     queries = vectors[::97][:50] + 0.0
     db = MapDatabase(SPEC, config, store_tokens=False)
@@ -143,7 +145,7 @@ def test_ivfpq_exact_until_trained_then_approximate(tmp_path: Path) -> None:
 def test_ivfpq_refine_rescores_exactly() -> None:
     """With refine_k the IVF-PQ shortlist is re-scored exactly: similarities equal numpy's."""
     config = IndexConfig(kind='ivfpq', ivf_nlist=16, ivf_nprobe=4, pq_m=8, refine_k=200)
-    train_size = database.ivfpq_train_size(config)
+    train_size = ivfpq_train_size(config)
     vectors = synthetic_descriptors(train_size, seed=6, clusters=64, spread=1.0)
     queries = vectors[::89][:40] + 0.0
     db = MapDatabase(SPEC, config, store_tokens=False)
@@ -221,7 +223,7 @@ def test_failed_save_leaves_existing_map_untouched(saved_map: tuple, monkeypatch
     _, root = saved_map
     before = {p.name: p.read_bytes() for p in root.iterdir()}
     calls = []
-    real_write = database._write_file
+    real_write = database.write_file
 
     def failing_write(path: Path, fill) -> dict:
         calls.append(path.name)
@@ -229,7 +231,7 @@ def test_failed_save_leaves_existing_map_untouched(saved_map: tuple, monkeypatch
             raise OSError(28, 'No space left on device (simulated)')
         return real_write(path, fill)
 
-    monkeypatch.setattr(database, '_write_file', failing_write)
+    monkeypatch.setattr(database, 'write_file', failing_write)
     with pytest.raises(OSError, match='simulated'):
         build_map(60, seed=13).save(root)
     assert {p.name: p.read_bytes() for p in root.iterdir()} == before

@@ -29,7 +29,8 @@ from vpr_ros.models.checkpoint import load_checkpoint
 from vpr_ros.models.fingerprint import fingerprint_differences, model_fingerprint
 from vpr_ros.models.loader import load_model
 from vpr_ros.models.registry import create_model
-from vpr_ros.sample.renderer import render_traversal, RouteConfig
+from vpr_ros.sample.renderer import render_traversal
+from vpr_ros.sample.route import RouteConfig
 from vpr_ros_training.config import load_config
 from vpr_ros_training.default_weights import (DEFAULT_CONFIG, DefaultWeightsConfig,
                                               init_projection_pca, mine_pairs, passes_holdout,
@@ -181,7 +182,7 @@ def test_short_training_raises_the_held_out_pair_auc(tmp_path: Path) -> None:
 @needs_weights
 def test_shipped_weights_beat_global_retrieval_on_the_corridor(corridor_dir: Path) -> None:
     """Real, held-out data: the re-ranked R@1 is above the global R@1 of the same run."""
-    from vpr_ros.data.benchmark_datasets import read_index_list_dataset
+    from vpr_ros.data.benchmarks.index_list import read_index_list_dataset
     from vpr_ros.evaluation.runner import evaluate
     result = evaluate(load_model(), read_index_list_dataset(corridor_dir), top_k=20,
                       recall_values=(1, 5), config=LocalizerConfig(device='cpu'))
@@ -192,7 +193,7 @@ def test_shipped_weights_beat_global_retrieval_on_the_corridor(corridor_dir: Pat
 @needs_weights
 def test_default_decision_makes_no_false_loop_closure_on_rtabmap(rtabmap_dir: Path) -> None:
     """Loop closure with the default threshold and temporal gate: some accepted, none wrong."""
-    from vpr_ros.data.benchmark_datasets import read_sequence_dataset
+    from vpr_ros.data.benchmarks.sequence import read_sequence_dataset
     from vpr_ros.evaluation.runner import evaluate
     result = evaluate(load_model(), read_sequence_dataset(rtabmap_dir), top_k=20,
                       recall_values=(1,), config=LocalizerConfig(device='cpu'))

@@ -12,13 +12,16 @@ import pytest
 import torch
 
 from vpr_ros.cli import vpr_eval
-from vpr_ros.data.benchmark_datasets import (EvalDataset, pairs_from_traversals, read_bag_pair,
-                                             read_folder_dataset, read_index_list_dataset)
+from vpr_ros.data.benchmarks.dataset import EvalDataset
+from vpr_ros.data.benchmarks.image_folders import read_folder_dataset
+from vpr_ros.data.benchmarks.index_list import read_index_list_dataset
+from vpr_ros.data.benchmarks.traversals import pairs_from_traversals, read_bag_pair
 from vpr_ros.data.frame import Frame
 from vpr_ros.errors import DatasetError
+from vpr_ros.evaluation.report import REPORT_FILES, write_report
+from vpr_ros.evaluation.result import Match
 from vpr_ros.evaluation.runner import (build_map, evaluate, localize_queries, make_localizer,
-                                       Match, match_from_result, REPORT_FILES, score_matches,
-                                       write_report)
+                                       match_from_result, score_matches)
 from vpr_ros.geometry import pose_from_xy_yaw
 
 SMALL_INPUT = [96, 128]
@@ -386,7 +389,7 @@ def _check_sequence_brute_force(model, dataset: EvalDataset, allowed: list) -> A
 
 def test_sequence_protocol_equals_brute_force(small_model, tmp_path: Path) -> None:
     """Frame i is ranked among frames <= i - gap only; Recall@N counts revisiting frames."""
-    from vpr_ros.data.benchmark_datasets import read_sequence_dataset
+    from vpr_ros.data.benchmarks.sequence import read_sequence_dataset
     dataset = read_sequence_dataset(_sequence_folder(tmp_path / 'seq'), min_gap=5)
     assert dataset.sequence_gap == 5 and dataset.queries_without_positives == 8
     result = _check_sequence_brute_force(small_model, dataset,
@@ -399,7 +402,7 @@ def test_sequence_protocol_equals_brute_force(small_model, tmp_path: Path) -> No
 
 def test_sequence_exclusion_by_time_equals_brute_force(small_model, tmp_path: Path) -> None:
     """--exclude-recent-s 0.5 at 10 Hz keeps frames >= 0.5 s old: the rankings of gap 5."""
-    from vpr_ros.data.benchmark_datasets import read_sequence_dataset
+    from vpr_ros.data.benchmarks.sequence import read_sequence_dataset
     root = _sequence_folder(tmp_path / 'seq')
     timed = read_sequence_dataset(root, min_gap=1, frame_rate=10.0, exclude_recent_s=0.5)
     stamps = timed.query_stamps_ns()
@@ -415,7 +418,7 @@ def test_sequence_exclusion_by_time_equals_brute_force(small_model, tmp_path: Pa
 
 def test_sequence_reader_names_problems(tmp_path: Path) -> None:
     """A missing frame file or a malformed loop entry is a DatasetError naming it."""
-    from vpr_ros.data.benchmark_datasets import read_sequence_dataset
+    from vpr_ros.data.benchmarks.sequence import read_sequence_dataset
     root = _sequence_folder(tmp_path / 'seq')
     (root / 'images' / '3.png').unlink()
     with pytest.raises(DatasetError, match='missing'):

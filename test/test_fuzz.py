@@ -7,7 +7,7 @@ error, never another exception. A decoded raw buffer must equal a numpy referenc
 buffer is refused exactly when it breaks a rule (encoding, size limits, step, length).
 
 The suite runs the ``fast`` profile (fixed examples, derandomized); ``VPR_FUZZ_PROFILE=long``
-runs 50 times more random examples (see README.md, "Reliability tests").
+runs 50 times more random examples (see docs/reliability.md, "Reliability tests").
 """
 
 import json

@@ -9,7 +9,8 @@ import pytest
 import torch
 from vpr_ros.config import IndexConfig, LocalizerConfig
 from vpr_ros.localization.localizer import Localizer
-from vpr_ros.map.database import MapDatabase, MapEntry
+from vpr_ros.map.database import MapDatabase
+from vpr_ros.map.entries import MapEntry
 from vpr_ros.models.backend import apply_backend
 from vpr_ros.models.registry import create_model
 

@@ -7,8 +7,8 @@ outputs that the official Pair-VPR + DINOv2 code computed for four fixed inputs 
 from safetensors.torch import load_file
 import torch
 
-from vpr_ros.models.checkpoint import (load_official_pairvpr, load_official_state_dict,
-                                       read_official_state_dict, to_official_state_dict)
+from vpr_ros.models.official_weights import (load_official_pairvpr, load_official_state_dict,
+                                             read_official_state_dict, to_official_state_dict)
 from vpr_ros.models.pair_decoder import interpolate_decoder_pos_embed, sincos_pos_embed_2d
 from vpr_ros.models.registry import create_model
 

@@ -21,10 +21,10 @@ from torch.nn import functional as F
 
 from vpr_ros.errors import CheckpointError
 from vpr_ros.models import dinov2, pair_decoder, pairvpr
-from vpr_ros.models.checkpoint import (load_checkpoint, load_official_dinov2,
-                                       load_official_pairvpr, load_official_state_dict,
-                                       official_state_dict_keys, save_checkpoint,
-                                       to_official_state_dict)
+from vpr_ros.models.checkpoint import load_checkpoint, save_checkpoint
+from vpr_ros.models.official_weights import (load_official_dinov2, load_official_pairvpr,
+                                             load_official_state_dict, official_state_dict_keys,
+                                             to_official_state_dict)
 from vpr_ros.models.registry import create_model, list_models
 
 ENC_DIM, ENC_DEPTH, ENC_HEADS = 64, 2, 2

@@ -15,7 +15,8 @@ import pytest
 from vpr_ros.config import LocalizerConfig
 from vpr_ros.errors import ConfigError, DatasetError
 from vpr_ros.localization.localizer import Localizer
-from vpr_ros.map.database import MapDatabase, MapEntry
+from vpr_ros.map.database import MapDatabase
+from vpr_ros.map.entries import MapEntry
 from vpr_ros.models.calibration import Calibration
 from vpr_ros.models.checkpoint import load_checkpoint
 from vpr_ros.models.fusion import RerankScoring

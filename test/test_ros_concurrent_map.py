@@ -28,7 +28,7 @@ from vpr_ros.ros.localize_node import LocalizeNode
 from vpr_ros.ros.matches import decode_matches
 from vpr_ros.ros.output_monitor import OutputMonitor
 from vpr_ros.ros.tools.slow_model import register_slow_model, SlowPoolingModel
-from vpr_ros.ros.tools.soak import place_image
+from vpr_ros.ros.tools.soak_scenario import place_image
 
 
 pytestmark = pytest.mark.ros

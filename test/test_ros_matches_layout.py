@@ -1,4 +1,4 @@
-"""The README's ``~/matches`` layout table is the layout the node encodes."""
+"""The ``~/matches`` layout table of docs/ros.md is the layout the node encodes."""
 
 import math
 import re
@@ -18,11 +18,11 @@ DATATYPES = {name: getattr(PointField, name) for name in
              ('INT8', 'UINT8', 'INT16', 'UINT16', 'INT32', 'UINT32', 'FLOAT32', 'FLOAT64')}
 
 
-def _readme_layout() -> tuple[list, str]:
-    """Return the README's (field, offset, datatype) rows and the prose above the table."""
-    text = (REPO_ROOT / 'README.md').read_text()
-    start = text.index('#### `~/matches` layout')
-    section = text[start:text.index('\n#', start + 1)]
+def _doc_layout() -> tuple[list, str]:
+    """Return the (field, offset, datatype) rows of docs/ros.md and the prose above the table."""
+    text = (REPO_ROOT / 'docs' / 'ros.md').read_text()
+    start = text.index('### `~/matches` layout')
+    section = text[start:re.compile(r'^#+ ', re.M).search(text, start + 1).start()]
     rows = re.findall(r'^\| `(\w+)` \| (\d+) \| (\w+) \|', section, re.M)
     return [(name, int(offset), DATATYPES[kind]) for name, offset, kind in rows], section
 
@@ -36,9 +36,9 @@ def _message(accepted: bool = True):
     return encode_matches(Header(frame_id='map'), candidates, accepted)
 
 
-def test_readme_table_lists_every_encoded_field_with_offset_and_datatype() -> None:
-    """Every PointField (name, offset, datatype, count 1) is a README row, in order."""
-    rows, section = _readme_layout()
+def test_doc_table_lists_every_encoded_field_with_offset_and_datatype() -> None:
+    """Every PointField (name, offset, datatype, count 1) is a docs/ros.md row, in order."""
+    rows, section = _doc_layout()
     msg = _message()
     assert rows == [(f.name, f.offset, f.datatype) for f in msg.fields]
     assert all(f.count == 1 for f in msg.fields)
@@ -47,9 +47,9 @@ def test_readme_table_lists_every_encoded_field_with_offset_and_datatype() -> No
     assert not msg.is_bigendian and not msg.is_dense
 
 
-def test_readme_layout_decodes_the_encoded_values() -> None:
-    """Reading the bytes at the README offsets gives the encoded values."""
-    rows, _ = _readme_layout()
+def test_doc_layout_decodes_the_encoded_values() -> None:
+    """Reading the bytes at the docs/ros.md offsets gives the encoded values."""
+    rows, _ = _doc_layout()
     msg = _message()
     formats = {PointField.FLOAT64: '<f8', PointField.UINT32: '<u4', PointField.INT32: '<i4',
                PointField.UINT8: '<u1'}

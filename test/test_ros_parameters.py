@@ -165,6 +165,11 @@ def _launch_tree(name: str) -> ast.Module:
     return ast.parse((REPO_ROOT / 'launch' / name).read_text())
 
 
+def _helper_tree() -> ast.Module:
+    """Return the shared launch helper's syntax tree (launch is not importable without ROS)."""
+    return ast.parse((REPO_ROOT / 'vpr_ros' / 'ros' / 'launch_description.py').read_text())
+
+
 def _constant(tree: ast.Module, name: str):
     for node in tree.body:
         if isinstance(node, ast.Assign) and getattr(node.targets[0], 'id', None) == name:
@@ -202,11 +207,11 @@ def test_launch_files_declare_arguments_for_real_parameters(node_name: str, extr
     """Check launch arguments, their parameters, the executable and the imports.
 
     Each launch file declares the issue's arguments, maps them onto declared parameters, starts
-    an installed console script and imports only launch, launch_ros, ament_index_python.
+    an installed console script through the shared launch helper and imports only launch and it.
     """
     tree = _launch_tree(f'{node_name}.launch.py')
     table = _constant(tree, 'PARAMETER_ARGUMENTS')
-    arguments = {row[0] for row in table} | {'namespace', 'params_file', 'use_sim_time'}
+    arguments = {row[0] for row in table} | set(_constant(_helper_tree(), 'COMMON_ARGUMENTS'))
     required = {'map_path', 'model', 'checkpoint', 'image_topic', 'use_compressed', 'device',
                 'namespace', 'params_file', 'use_sim_time'} | extra
     assert arguments == required
@@ -219,17 +224,28 @@ def test_launch_files_declare_arguments_for_real_parameters(node_name: str, extr
             tree, 'BOOLEAN_PARAMETERS')
     assert _constant(tree, 'EXECUTABLE') == node_name
     assert node_name in _console_scripts()
-    assert _imported_roots(tree) <= {'os', 'ament_index_python', 'launch', 'launch_ros'}
+    assert _imported_roots(tree) <= {'launch', 'vpr_ros'}
     assert 'generate_launch_description' in {f.name for f in tree.body
                                              if isinstance(f, ast.FunctionDef)}
-    assert len(_calls(tree, 'DeclareLaunchArgument')) >= 2 and len(_calls(tree, 'Node')) == 1
+    assert len(_calls(tree, 'node_launch_description')) == 1
+
+
+def test_launch_helper_declares_the_common_arguments_and_one_node() -> None:
+    """The shared launch helper declares namespace, params_file, use_sim_time and one Node."""
+    tree = _helper_tree()
+    declared = {call.args[0].value for call in _calls(tree, 'DeclareLaunchArgument')
+                if call.args and isinstance(call.args[0], ast.Constant)}
+    assert declared == set(_constant(tree, 'COMMON_ARGUMENTS'))
+    assert len(_calls(tree, 'Node')) == 1
+    assert _imported_roots(tree) <= {'os', 'typing', 'ament_index_python', 'launch', 'launch_ros'}
 
 
 @pytest.mark.parametrize('node_name', sorted(NODE_GROUPS))
-def test_readme_parameter_table_is_generated(node_name: str) -> None:
-    """README.md's parameter table of each node is the one the dataclasses generate."""
+def test_doc_parameter_table_is_generated(node_name: str) -> None:
+    """The parameter table of each node in docs/ros.md is the one the dataclasses generate."""
     from vpr_ros.ros.parameters import parameters_table
-    readme = (REPO_ROOT / 'README.md').read_text()
-    assert f'#### {node_name}\n\n{parameters_table(NODE_GROUPS[node_name])}' in readme, (
-        f'README.md parameter table of {node_name} is stale: regenerate it with '
-        'vpr_ros.ros.parameters.parameters_table')
+    doc = (REPO_ROOT / 'docs' / 'ros.md').read_text()
+    assert f'### {node_name}\n\n{parameters_table(NODE_GROUPS[node_name])}' in doc, (
+        f'docs/ros.md parameter table of {node_name} is stale: regenerate it with '
+        f'vpr_ros.ros.parameters.parameters_table(NODE_GROUPS[{node_name!r}]) '
+        '(NODE_GROUPS from vpr_ros.ros.node_config)')

@@ -44,7 +44,8 @@ FRAME_GAP_NS = 100_000_000
 def _readme_commands() -> list[list[str]]:
     """Return every shell command of the README section "### 2. Localize" as argument lists."""
     text = (REPO_ROOT / 'README.md').read_text()
-    section = text[text.index('### 2. Localize'):text.index('### 3. Topics')]
+    start = text.index('### 2. Localize')
+    section = text[start:re.compile(r'^##+ ', re.M).search(text, start + 1).start()]
     commands = []
     for block in re.findall(r'```bash\n(.*?)```', section, re.S):
         for line in block.replace('\\\n', ' ').splitlines():

@@ -14,16 +14,19 @@ from ros_harness import domain_id, tiny_model
 from vpr_ros.cli import vpr_eval
 from vpr_ros.config import LocalizerConfig
 from vpr_ros.data.bag import read_frames, write_frames
-from vpr_ros.data.benchmark_datasets import read_bag_pair
+from vpr_ros.data.benchmarks.traversals import read_bag_pair
+from vpr_ros.evaluation.report import REPORT_FILES, write_report
 from vpr_ros.evaluation.runner import (build_map, evaluate, localize_queries, make_localizer,
-                                       match_from_result, REPORT_FILES, write_report)
+                                       match_from_result)
 from vpr_ros.localization.localizer import Localizer
 from vpr_ros.localization.mapping import add_frames
 from vpr_ros.map.database import MapDatabase
 from vpr_ros.models.checkpoint import save_checkpoint
 from vpr_ros.ros.tools import replay_evaluation
-from vpr_ros.ros.tools.replay_evaluation import evaluate_live, NodeSetup, ReplayConfig
-from vpr_ros.sample.renderer import render_traversal, RouteConfig
+from vpr_ros.ros.tools.live_replay import NodeSetup, ReplayConfig
+from vpr_ros.ros.tools.replay_evaluation import evaluate_live
+from vpr_ros.sample.renderer import render_traversal
+from vpr_ros.sample.route import RouteConfig
 
 pytestmark = pytest.mark.ros
 

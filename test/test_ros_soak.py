@@ -11,8 +11,9 @@ import json
 import numpy as np
 import pytest
 from ros_harness import domain_id
-from vpr_ros.ros.tools.soak import frame_stamp_ns, run_soak, SoakConfig
+from vpr_ros.ros.tools.soak import run_soak
 from vpr_ros.ros.tools.soak_report import latencies, node_frame_ms, warm_up_time
+from vpr_ros.ros.tools.soak_scenario import frame_stamp_ns, SoakConfig
 
 
 pytestmark = pytest.mark.ros

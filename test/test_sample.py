@@ -1,4 +1,4 @@
-"""Tests of the embedded procedural sample route (vpr_ros.sample.renderer)."""
+"""Tests of the embedded procedural sample route (vpr_ros.sample)."""
 
 import dataclasses
 import math
@@ -8,8 +8,9 @@ import pytest
 
 from vpr_ros.data.bag import read_frames
 from vpr_ros.errors import BagError, ConfigError
-from vpr_ros.sample import renderer as sample
-from vpr_ros.sample.renderer import render_traversal, route_polyline, RouteConfig, write_sample
+from vpr_ros.sample import renderer, route, scene
+from vpr_ros.sample.renderer import render_traversal, write_sample
+from vpr_ros.sample.route import route_polyline, RouteConfig
 
 SMALL = RouteConfig(length_m=100.0, frames_per_traversal=24, image_size=(48, 64))
 
@@ -97,7 +98,7 @@ def test_query_traversal_is_darker_and_warmer_than_the_map(traversals: tuple) ->
 
 def test_same_seed_renders_identical_frames_and_other_seeds_differ(traversals: tuple) -> None:
     """Rebuilding the scene from scratch reproduces every pixel; another seed changes them."""
-    sample._build_scene.cache_clear()
+    scene._build_scene.cache_clear()
     again = render_traversal(SMALL, 1)
     for first, second in zip(traversals[1], again):
         assert np.array_equal(first.image, second.image)
@@ -109,12 +110,12 @@ def test_same_seed_renders_identical_frames_and_other_seeds_differ(traversals: t
 
 def test_ray_cast_matches_a_per_segment_linear_solve() -> None:
     """The vectorised column ray cast finds the same nearest facade as a 2x2 solve per segment."""
-    walls = sample._build_walls(SMALL)
+    walls = route._build_walls(SMALL)
     rng = np.random.default_rng(0)
     origins = route_polyline(SMALL)[rng.integers(0, 500, 6)]
     angles = rng.uniform(-np.pi, np.pi, len(origins))
     dirs = np.stack([np.cos(angles), np.sin(angles)], axis=1)
-    t, seg, _ = sample._cast(walls, origins, dirs)
+    t, seg, _ = route._cast(walls, origins, dirs)
     for k, (origin, direction) in enumerate(zip(origins, dirs)):
         best = np.inf
         for a, b in zip(walls.a, walls.b):
@@ -178,9 +179,9 @@ def test_routes_at_both_ends_of_the_length_range_render(bound: int) -> None:
     try:
         frames = render_traversal(config, 0)
         if bound == 1:
-            assert sample._build_scene(config).atlas[0].shape[1] > 32767
+            assert scene._build_scene(config).atlas[0].shape[1] > 32767
     finally:
-        sample._build_scene.cache_clear()  # the 2000 m scene holds gigabytes
+        scene._build_scene.cache_clear()  # the 2000 m scene holds gigabytes
     loop = route_polyline(config)
     distance, _ = _nearest_on_polyline(np.array([f.pose.position[:2] for f in frames]), loop)
     assert distance.max() < 0.1
@@ -204,9 +205,9 @@ def test_tiled_remap_equals_one_remap_call(monkeypatch: pytest.MonkeyPatch,
     expected = cv2.remap(src, mx.astype(np.float32)[None], my.astype(np.float32)[None],
                          cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     expected = expected.reshape(len(mx), channels).astype(np.float32) / 255.0
-    monkeypatch.setattr(sample, '_REMAP_MAX_SIDE', 40)
-    monkeypatch.setattr(sample, '_REMAP_TILE', 32)
-    got = sample._remap(src, mx, my)
+    monkeypatch.setattr(renderer, '_REMAP_MAX_SIDE', 40)
+    monkeypatch.setattr(renderer, '_REMAP_TILE', 32)
+    got = renderer._remap(src, mx, my)
     assert got.shape == expected.shape and np.array_equal(got, expected)
 
 
@@ -220,7 +221,7 @@ def test_remap_samples_a_texture_wider_and_taller_than_opencv_allows() -> None:
         mx = mx if cols > rows else np.full(len(mx), 1.25)
         my = np.concatenate([steps + r for r in (0.0, 16384.0, 32767.0, rows - 1.0)])
         my = my if rows > cols else np.full(len(my), 1.25)
-        got = sample._remap(src, mx, my)
+        got = renderer._remap(src, mx, my)
         expected = np.stack([np.clip(mx, 0, cols - 1), np.clip(my, 0, rows - 1)], axis=1)
         np.testing.assert_array_equal(got, expected.astype(np.float32))
 

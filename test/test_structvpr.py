@@ -343,7 +343,7 @@ def test_structvpr_toy_run_on_the_corridor_improves_held_out_recall(tmp_path,
     Label maps are colour k-means clusters fitted on the training frames (no segmenter is
     available). The untrained student (seeded init, batch-norm statistics and NetVLAD clusters
     from the training database) and the exported, reloaded student are measured here. Seeds
-    0-7 gave +11.8 to +29.5 R@1 points (see the README).
+    0-7 gave +11.8 to +29.5 R@1 points (see docs/training.md).
     """
     torch.set_num_threads(1)
     overrides = [f'run.output_root={tmp_path}', f'data.traversal_root={corridor_dir}',

@@ -12,7 +12,8 @@ import torch
 from training_fixtures import CONFIGS, quiet
 from training_fixtures import one_thread  # noqa: F401  (autouse fixture)
 from vpr_ros.errors import CheckpointError
-from vpr_ros.models.checkpoint import load_checkpoint, to_official_state_dict
+from vpr_ros.models.checkpoint import load_checkpoint
+from vpr_ros.models.official_weights import to_official_state_dict
 from vpr_ros.models.pair_decoder import interpolate_decoder_pos_embed
 from vpr_ros_training.config import load_config, RunConfig, StageOneConfig, StageTwoConfig
 from vpr_ros_training.distributed import DistContext

@@ -37,7 +37,7 @@ import torch
 from torch.nn import functional as F
 
 from vpr_ros.config import validate
-from vpr_ros.evaluation.runner import json_ready
+from vpr_ros.evaluation.result import json_ready
 from vpr_ros.models.checkpoint import load_checkpoint, save_checkpoint
 from vpr_ros.models.fingerprint import model_fingerprint
 from vpr_ros.models.registry import create_model

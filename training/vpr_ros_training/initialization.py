@@ -17,11 +17,12 @@ from safetensors.torch import load_file
 from torch import nn
 
 from vpr_ros.errors import CheckpointError
-from vpr_ros.models.checkpoint import (compare_state_dicts, describe_key_problems,
-                                       from_official_state_dict, load_official_dinov2,
-                                       read_checkpoint_spec, read_official_state_dict)
+from vpr_ros.models.checkpoint import read_checkpoint_spec
+from vpr_ros.models.official_weights import (from_official_state_dict, load_official_dinov2,
+                                             read_official_state_dict)
 from vpr_ros.models.pair_decoder import interpolate_decoder_pos_embed
 from vpr_ros.models.registry import create_model
+from vpr_ros.models.state_dict_keys import compare_state_dicts, describe_key_problems
 from vpr_ros.models.vpr_model import VprModel
 from vpr_ros_training.config import ModelConfig
 

@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from vpr_ros.config import validate
 from vpr_ros.evaluation.metrics import recall_at_n
-from vpr_ros.evaluation.runner import json_ready
+from vpr_ros.evaluation.result import json_ready
 from vpr_ros.models.calibration import fit_calibration
 from vpr_ros.models.checkpoint import load_checkpoint, load_pretrained, save_checkpoint
 from vpr_ros.models.fingerprint import model_fingerprint

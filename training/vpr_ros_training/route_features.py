@@ -34,7 +34,8 @@ from vpr_ros.config import validate
 from vpr_ros.errors import ConfigError
 from vpr_ros.geometry import positions_array
 from vpr_ros.models.preprocessing import preprocess
-from vpr_ros.sample.renderer import render_traversal, RouteConfig
+from vpr_ros.sample.renderer import render_traversal
+from vpr_ros.sample.route import RouteConfig
 from vpr_ros_training.augmentation import degrade_camera
 from vpr_ros_training.config import option
 

@@ -14,7 +14,8 @@ import numpy as np
 from vpr_ros.data.ground_truth import positives_within_radius
 from vpr_ros.errors import DatasetError
 from vpr_ros.geometry import positions_array
-from vpr_ros.sample.renderer import render_traversal, RouteConfig
+from vpr_ros.sample.renderer import render_traversal
+from vpr_ros.sample.route import RouteConfig
 from vpr_ros_training.places import PlaceTable
 from vpr_ros_training.traversal import EvalSet
 

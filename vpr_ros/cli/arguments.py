@@ -8,6 +8,7 @@ import typing
 from typing import Callable, Optional, Sequence, Type, TypeVar
 
 from vpr_ros.config import config_from_dict, DEFAULT_MODEL
+from vpr_ros.data.benchmarks.sequence import DEFAULT_MIN_GAP
 from vpr_ros.errors import VprError
 
 T = TypeVar('T')
@@ -55,6 +56,49 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                        help='vpr_ros safetensors checkpoint, or an official Pair-VPR release '
                             '.pth (converted in memory; vpr-convert it once to start faster), '
                             'to load instead of --model (default: %(default)s)')
+
+
+def add_dataset_options(parser: argparse.ArgumentParser) -> None:
+    """Add the dataset reader options of ``vpr-eval`` and ``vpr-calibrate``.
+
+    Read them back with :func:`vpr_ros.cli.vpr_eval.dataset_options`.
+    """
+    group = parser.add_argument_group('dataset options')
+    group.add_argument('--ground-truth', default=None,
+                       help='ground truth file, relative to --dataset or absolute: index-list '
+                            'and sequence: default ground_truth.json; loop-matrix: the .mat / '
+                            '.npy / .npz loop-closure matrix; kitti-poses: the pose file '
+                            '(both required)')
+    group.add_argument('--gt-key', default=None,
+                       help='loop-matrix: the variable holding the matrix (default: the only '
+                            'square 2-D array in the file)')
+    group.add_argument('--image-dir', default=None,
+                       help='sequence, loop-matrix, kitti-poses: image folder under --dataset, '
+                            'in capture order (default: images; kitti-poses: images, image_2 '
+                            'or image_0)')
+    group.add_argument('--min-gap', type=int, default=DEFAULT_MIN_GAP,
+                       help='sequence formats: frame i is matched against frames 0 .. i - '
+                            'MIN_GAP; inclusive: a revisit exactly MIN_GAP frames back counts '
+                            'and is in the map (default: %(default)s)')
+    group.add_argument('--exclude-recent-s', type=float, default=0.0,
+                       help='sequence formats: also leave out of the map the frames stamped '
+                            'less than this many seconds before the query, as the localize '
+                            "node's exclude_recent_s (a frame exactly this old stays); needs "
+                            'frame stamps: --times or --frame-rate for image folders '
+                            '(default: %(default)s, off)')
+    group.add_argument('--times', default=None,
+                       help='sequence formats: frame times file, one time in seconds per frame '
+                            '(KITTI times.txt; default: times.txt in --dataset when present)')
+    group.add_argument('--frame-rate', type=float, default=None,
+                       help='sequence formats: stamp frame i at i / FRAME_RATE seconds (for '
+                            'image folders without a times file)')
+    group.add_argument('--index-dir', default=None,
+                       help='msls-val: folder with the official msls_val_*.npy index lists')
+    group.add_argument('--variant', default='30k', choices=('30k', '250k'),
+                       help='pitts: Pittsburgh-30k or -250k (default: %(default)s)')
+    group.add_argument('--query-bag', default=None, help='bags: the query bag')
+    group.add_argument('--submission', default=None,
+                       help='msls-test: write the MSLS challenge prediction file here')
 
 
 def add_input_arguments(parser: argparse.ArgumentParser) -> None:

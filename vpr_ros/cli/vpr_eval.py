@@ -22,15 +22,17 @@ from typing import Iterable, Optional, Sequence
 
 from tqdm import tqdm
 
-from vpr_ros.cli.arguments import (add_config_arguments, add_model_arguments, config_from_args,
-                                   run_command)
+from vpr_ros.cli.arguments import (add_config_arguments, add_dataset_options, add_model_arguments,
+                                   config_from_args, run_command)
 from vpr_ros.config import LocalizerConfig
-from vpr_ros.data.benchmark_datasets import (DEFAULT_MIN_GAP, DEFAULT_RADIUS_M, EvalDataset,
-                                             FORMATS, load_dataset, SEQUENCE_FORMATS,
-                                             write_msls_submission)
+from vpr_ros.data.benchmarks.dataset import DEFAULT_RADIUS_M, EvalDataset
+from vpr_ros.data.benchmarks.formats import FORMATS, load_dataset, SEQUENCE_FORMATS
+from vpr_ros.data.benchmarks.msls import write_msls_submission
 from vpr_ros.errors import DatasetError
 from vpr_ros.evaluation.metrics import DEFAULT_RECALL_VALUES
-from vpr_ros.evaluation.runner import EvalResult, evaluate, write_report
+from vpr_ros.evaluation.report import write_report
+from vpr_ros.evaluation.result import EvalResult
+from vpr_ros.evaluation.runner import evaluate
 from vpr_ros.models.loader import load_model
 
 
@@ -39,10 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog='vpr-eval', description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--dataset-format', required=True, choices=FORMATS,
-                        help='dataset layout (see vpr_ros.data.benchmark_datasets)')
+                        help='dataset layout (see vpr_ros.data.benchmarks)')
     parser.add_argument('--dataset', required=True,
                         help='dataset root folder (bags: the map bag)')
-    _add_dataset_options(parser)
+    add_dataset_options(parser)
     add_evaluation_arguments(parser)
     return parser
 
@@ -71,45 +73,6 @@ def add_evaluation_arguments(parser: argparse.ArgumentParser) -> None:
                        help='N of Recall@N (default: %(default)s)')
     add_config_arguments(parser, LocalizerConfig)
     parser.add_argument('--verbose', action='store_true', help='log progress details')
-
-
-def _add_dataset_options(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group('dataset options')
-    group.add_argument('--ground-truth', default=None,
-                       help='ground truth file, relative to --dataset or absolute: index-list '
-                            'and sequence: default ground_truth.json; loop-matrix: the .mat / '
-                            '.npy / .npz loop-closure matrix; kitti-poses: the pose file '
-                            '(both required)')
-    group.add_argument('--gt-key', default=None,
-                       help='loop-matrix: the variable holding the matrix (default: the only '
-                            'square 2-D array in the file)')
-    group.add_argument('--image-dir', default=None,
-                       help='sequence, loop-matrix, kitti-poses: image folder under --dataset, '
-                            'in capture order (default: images; kitti-poses: images, image_2 '
-                            'or image_0)')
-    group.add_argument('--min-gap', type=int, default=DEFAULT_MIN_GAP,
-                       help='sequence formats: frame i is matched against frames 0 .. i - '
-                            'MIN_GAP; inclusive: a revisit exactly MIN_GAP frames back counts '
-                            'and is in the map (default: %(default)s)')
-    group.add_argument('--exclude-recent-s', type=float, default=0.0,
-                       help='sequence formats: also leave out of the map the frames stamped '
-                            'less than this many seconds before the query, as the localize '
-                            "node's exclude_recent_s (a frame exactly this old stays); needs "
-                            'frame stamps: --times or --frame-rate for image folders '
-                            '(default: %(default)s, off)')
-    group.add_argument('--times', default=None,
-                       help='sequence formats: frame times file, one time in seconds per frame '
-                            '(KITTI times.txt; default: times.txt in --dataset when present)')
-    group.add_argument('--frame-rate', type=float, default=None,
-                       help='sequence formats: stamp frame i at i / FRAME_RATE seconds (for '
-                            'image folders without a times file)')
-    group.add_argument('--index-dir', default=None,
-                       help='msls-val: folder with the official msls_val_*.npy index lists')
-    group.add_argument('--variant', default='30k', choices=('30k', '250k'),
-                       help='pitts: Pittsburgh-30k or -250k (default: %(default)s)')
-    group.add_argument('--query-bag', default=None, help='bags: the query bag')
-    group.add_argument('--submission', default=None,
-                       help='msls-test: write the MSLS challenge prediction file here')
 
 
 def bag_pair_options(args: argparse.Namespace) -> dict:

@@ -17,13 +17,30 @@ import warnings
 REMOVAL = 'vpr_ros 0.3'
 MOVED = {
     'bag': ('vpr_ros.data.bag',),
-    'benchmark_datasets': ('vpr_ros.data.benchmark_datasets',),
+    'benchmark_datasets': ('vpr_ros.data.benchmarks.dataset', 'vpr_ros.data.benchmarks.formats',
+                           'vpr_ros.data.benchmarks.image_folders',
+                           'vpr_ros.data.benchmarks.index_list',
+                           'vpr_ros.data.benchmarks.nordland', 'vpr_ros.data.benchmarks.msls',
+                           'vpr_ros.data.benchmarks.netvlad',
+                           'vpr_ros.data.benchmarks.traversals',
+                           'vpr_ros.data.benchmarks.sequence',
+                           'vpr_ros.data.benchmarks.loop_matrix', 'vpr_ros.data.benchmarks.kitti',
+                           'vpr_ros.data.benchmarks.atomic_files',),
     'calibration': ('vpr_ros.models.calibration',),
     'cli': ('vpr_ros.cli',),
+    'cli.arguments': ('vpr_ros.cli.arguments',),
+    'cli.demo': ('vpr_ros.cli.demo',),
+    'cli.vpr_calibrate': ('vpr_ros.cli.vpr_calibrate', 'vpr_ros.evaluation.calibration_fit',),
+    'cli.vpr_convert': ('vpr_ros.cli.vpr_convert',),
+    'cli.vpr_eval': ('vpr_ros.cli.vpr_eval',),
+    'cli.vpr_localize': ('vpr_ros.cli.vpr_localize',),
+    'cli.vpr_map': ('vpr_ros.cli.vpr_map',),
     'config': ('vpr_ros.config',),
-    'database': ('vpr_ros.map.database',),
+    'database': ('vpr_ros.map.database', 'vpr_ros.map.entries', 'vpr_ros.map.index',
+                 'vpr_ros.map.manifest', 'vpr_ros.map.storage', 'vpr_ros.map.token_store',),
     'errors': ('vpr_ros.errors',),
-    'evaluation': ('vpr_ros.evaluation.runner',),
+    'evaluation': ('vpr_ros.evaluation.runner', 'vpr_ros.evaluation.result',
+                   'vpr_ros.evaluation.report', 'vpr_ros.evaluation.plots',),
     'frame': ('vpr_ros.data.frame',),
     'frame_source': ('vpr_ros.data.frame_source',),
     'fusion': ('vpr_ros.models.fusion', 'vpr_ros.config',),
@@ -35,12 +52,32 @@ MOVED = {
     'mapping': ('vpr_ros.localization.mapping',),
     'metrics': ('vpr_ros.evaluation.metrics', 'vpr_ros.data.ground_truth',),
     'models': ('vpr_ros.models',),
+    'models.backend': ('vpr_ros.models.backend',),
+    'models.checkpoint': ('vpr_ros.models.checkpoint', 'vpr_ros.models.official_weights',
+                          'vpr_ros.models.state_dict_keys',),
+    'models.conversion': ('vpr_ros.models.conversion',),
+    'models.correspondence': ('vpr_ros.models.correspondence',),
+    'models.dinov2': ('vpr_ros.models.dinov2',),
+    'models.efficientnet': ('vpr_ros.models.efficientnet',),
+    'models.fingerprint': ('vpr_ros.models.fingerprint',),
+    'models.gpu_runtime': ('vpr_ros.models.gpu_runtime',),
+    'models.onnx_backend': ('vpr_ros.models.onnx_backend',),
+    'models.pair_decoder': ('vpr_ros.models.pair_decoder',),
+    'models.pair_scorer': ('vpr_ros.models.pair_scorer',),
+    'models.pairvpr': ('vpr_ros.models.pairvpr',),
+    'models.parity': ('vpr_ros.models.parity',),
+    'models.registry': ('vpr_ros.models.registry',),
+    'models.spec': ('vpr_ros.models.spec',),
+    'models.vpr_model': ('vpr_ros.models.vpr_model',),
     'openmp': ('vpr_ros.openmp',),
     'preprocessing': ('vpr_ros.models.preprocessing',),
-    'sample': ('vpr_ros.sample.renderer',),
+    'sample': ('vpr_ros.sample.renderer', 'vpr_ros.sample.route', 'vpr_ros.sample.scene',
+               'vpr_ros.sample.facade',),
     'verification': ('vpr_ros.localization.verification',),
 }
 """Old module path below ``vpr_ros.core`` -> the modules that now hold its names (first: main)."""
+PACKAGES = ('models', 'cli')
+"""Old sub-packages: they warn through the modules imported from them, not themselves."""
 
 
 class _Alias(types.ModuleType):
@@ -54,6 +91,8 @@ class _Alias(types.ModuleType):
     def __getattr__(self, attr: str) -> object:
         if attr.startswith('__'):
             raise AttributeError(attr)
+        if f'{_old_name(self.__name__)}.{attr}' in MOVED:
+            return importlib.import_module(f'{self.__name__}.{attr}')
         for target in self._targets:
             module = importlib.import_module(target)
             if hasattr(module, attr):
@@ -75,8 +114,9 @@ class _MovedFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     def create_module(self, spec: importlib.machinery.ModuleSpec) -> types.ModuleType:
         """Warn about the move and return the alias module."""
         targets = MOVED[_old_name(spec.name)]
-        warnings.warn(f'{spec.name} moved to {targets[0]}; the old path goes in {REMOVAL}',
-                      DeprecationWarning, stacklevel=2)
+        if _old_name(spec.name) not in PACKAGES:
+            warnings.warn(f'{spec.name} moved to {targets[0]}; the old path goes in {REMOVAL}',
+                          DeprecationWarning, stacklevel=2)
         return _Alias(spec.name, targets)
 
     def exec_module(self, module: types.ModuleType) -> None:

@@ -21,33 +21,31 @@ Every query keeps the localizer's accept decision (probability threshold and tem
 
 A live replay recorded from the node (``(query_stamp_ns, ranked map ids, scores)`` tuples) is
 scored by the same :func:`score_matches`, so offline and live numbers are comparable.
-:func:`write_report` writes ``metrics.json``, ``summary.md``, ``predictions.csv`` and PNG plots
-(Recall@N, precision-recall, reliability diagram, latency, example matches).
+:func:`~vpr_ros.evaluation.report.write_report` writes ``metrics.json``, ``summary.md``,
+``predictions.csv`` and PNG plots (Recall@N, precision-recall, reliability diagram, latency,
+example matches).
 """
 
-import csv
-from dataclasses import dataclass, field, replace
-import io
-import json
+from dataclasses import replace
 import logging
 import math
-from pathlib import Path
 import time
-from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Iterable, Optional, Sequence, Union
 
 import numpy as np
 
 from vpr_ros.config import IndexConfig, LocalizerConfig
-from vpr_ros.data.benchmark_datasets import EvalDataset, write_bytes_atomic, write_text_atomic
+from vpr_ros.data.benchmarks.dataset import EvalDataset
 from vpr_ros.data.frame_source import batched
 from vpr_ros.errors import DatasetError
 from vpr_ros.evaluation.metrics import (best_f1, DEFAULT_RECALL_VALUES, first_positive_ranks,
-                                        format_recalls, latency_percentiles,
-                                        max_recall_at_full_precision, pr_auc,
+                                        latency_percentiles, max_recall_at_full_precision, pr_auc,
                                         precision_at_probability, precision_recall, recall_at_n,
                                         reliability)
+from vpr_ros.evaluation.result import EvalResult, Match, MatchLike
 from vpr_ros.localization.localizer import LocalizationResult, Localizer
-from vpr_ros.map.database import MapDatabase, MapEntry
+from vpr_ros.map.database import MapDatabase
+from vpr_ros.map.entries import MapEntry
 from vpr_ros.models.calibration import Calibration
 from vpr_ros.models.vpr_model import VprModel
 
@@ -55,113 +53,6 @@ LOGGER = logging.getLogger(__name__)
 
 Progress = Callable[[Iterable, str, int], Iterable]
 """``progress(iterable, description, total) -> iterable``: a hook for progress bars (tqdm)."""
-
-LATENCY_STAGES = ('describe', 'search', 'rerank', 'total', 'map_describe')
-
-
-@dataclass(frozen=True)
-class Match:
-    """The localizer's answer for one query, as recorded offline or from the live node.
-
-    Attributes:
-        query_stamp_ns: the query image stamp (identifies the query in the dataset).
-        map_ids: map entry ids ranked best first (after re-ranking when it ran).
-        scores: the ranking score of each candidate (the localizer's fused, pair or global
-            score).
-        probability: calibrated probability of the best candidate (NaN when unknown).
-        global_map_ids: the ranking by global similarity before re-ranking (None if not
-            re-ranked).
-        timings_ms: per-stage latencies of this query.
-        accepted: the localizer's accept decision (None when unknown).
-        reason: why it was accepted or rejected (``LocalizationResult.reason``; '' unknown).
-    """
-
-    query_stamp_ns: int
-    map_ids: tuple
-    scores: tuple
-    probability: float = float('nan')
-    global_map_ids: Optional[tuple] = None
-    timings_ms: Mapping[str, float] = field(default_factory=dict)
-    accepted: Optional[bool] = None
-    reason: str = ''
-
-
-MatchLike = Union[Match, Sequence]
-
-
-@dataclass
-class EvalResult:
-    """Everything measured on one dataset; :meth:`to_dict` is the ``metrics.json`` content.
-
-    ``predictions`` / ``scores`` are ``[Q, K]`` database indices (``-1`` padded) and scores
-    (NaN padded); ``first_positive_rank`` is ``-1`` for queries never matched correctly.
-    Per query, ``best_probability`` is the best match's probability (NaN: none),
-    ``accepted`` the accept decision (None: no decision known) taken as ``accept_source``
-    says (``'localizer decision'`` or ``'score >= threshold'``), and ``reasons`` the
-    localizer's reason ('' when unknown).
-    """
-
-    dataset: EvalDataset
-    recall_values: tuple
-    recalls: dict
-    recalls_before_rerank: Optional[dict]
-    predictions: np.ndarray
-    scores: np.ndarray
-    first_positive_rank: np.ndarray
-    loop_closure: dict
-    pr_curve: tuple
-    latency_ms: dict
-    settings: dict = field(default_factory=dict)
-    first_positive_rank_before_rerank: Optional[np.ndarray] = None
-    latency_samples: dict = field(default_factory=dict)
-    calibration: dict = field(default_factory=dict)
-    best_probability: Optional[np.ndarray] = None
-    accepted: tuple = ()
-    accept_source: Optional[str] = None
-    reasons: tuple = ()
-
-    def summary_line(self) -> str:
-        """Return the VPR-methods-evaluation line ``R@1: 68.5, R@5: ...``."""
-        return format_recalls(self.recalls)
-
-    def recall_curve(self, before_rerank: bool = False) -> np.ndarray:
-        """Return Recall@N in percent for every ``N = 1 .. K``."""
-        ranks = self.first_positive_rank
-        if before_rerank and self.first_positive_rank_before_rerank is not None:
-            ranks = self.first_positive_rank_before_rerank
-        found = ranks >= 0
-        total = max(_recall_denominator(self.dataset), 1)
-        return np.array([100.0 * np.sum(found & (ranks < n)) / total
-                         for n in range(1, self.predictions.shape[1] + 1)])
-
-    def to_dict(self) -> dict:
-        """Return the JSON-ready metrics (NaN becomes ``null``)."""
-        data = {'dataset': self.dataset.summary(), 'recall_values': list(self.recall_values),
-                'recalls': self.recalls, 'recalls_before_rerank': self.recalls_before_rerank,
-                'summary': self.summary_line(), 'loop_closure': self.loop_closure,
-                'calibration': self.calibration, 'latency_ms': self.latency_ms,
-                'settings': self.settings}
-        return json_ready(data)
-
-
-def _recall_denominator(dataset: EvalDataset) -> int:
-    """Return the queries Recall@N divides by (sequences: only those with a revisit)."""
-    if dataset.sequence_gap is None:
-        return dataset.num_queries
-    return dataset.num_queries - dataset.queries_without_positives
-
-
-def json_ready(value: Any) -> Any:
-    """Return ``value`` with numpy scalars as Python numbers and NaN as None (JSON-ready)."""
-    if isinstance(value, dict):
-        return {str(k): json_ready(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_ready(v) for v in value]
-    if isinstance(value, (np.integer, np.bool_)):
-        return value.item()
-    if isinstance(value, (float, np.floating)):
-        return None if math.isnan(value) else float(value)
-    return value
 
 
 # ------------------------------------------------------------------------------- pipeline
@@ -531,271 +422,3 @@ def _latency_samples(rows: list) -> dict:
         for stage, ms in ({} if match is None else match.timings_ms).items():
             stages.setdefault(stage, []).append(float(ms))
     return {stage: np.asarray(values, dtype=np.float64) for stage, values in stages.items()}
-
-
-# --------------------------------------------------------------------------------- report
-
-REPORT_FILES = ('metrics.json', 'summary.md', 'predictions.csv', 'recall_at_n.png',
-                'precision_recall.png', 'reliability.png', 'latency.png', 'matches.png')
-GRID_QUERIES = 6
-GRID_MATCHES = 3
-
-
-def write_report(result: EvalResult, out_dir: Union[str, Path]) -> list:
-    """Write :data:`REPORT_FILES` into ``out_dir`` (created if needed); return their paths.
-
-    ``metrics.json`` holds :meth:`EvalResult.to_dict`; ``summary.md`` the tables and the
-    plots; ``predictions.csv`` one row per query; the PNGs are the Recall@N curve, the
-    loop-closure precision-recall curve, per-stage latency histograms and a grid of queries
-    with their top-3 matches framed green (correct) or red (wrong). Every file is written
-    atomically.
-    """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(result.to_dict(), indent=2, sort_keys=False) + '\n'
-    paths = [write_text_atomic(out / 'metrics.json', text),
-             write_text_atomic(out / 'summary.md', summary_markdown(result)),
-             write_text_atomic(out / 'predictions.csv', predictions_csv(result))]
-    plots = {'recall_at_n.png': plot_recall_curve, 'precision_recall.png': plot_pr_curve,
-             'reliability.png': plot_reliability, 'latency.png': plot_latency,
-             'matches.png': plot_match_grid}
-    for name, plot in plots.items():
-        paths.append(_save_figure(plot(result), out / name))
-    return paths
-
-
-def _save_figure(figure: Any, path: Path) -> Path:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    FigureCanvasAgg(figure)
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format='png', dpi=100)
-    return write_bytes_atomic(path, buffer.getvalue())
-
-
-def _figure(width: float, height: float) -> Any:
-    from matplotlib.figure import Figure
-    return Figure(figsize=(width, height), layout='constrained')
-
-
-def plot_recall_curve(result: EvalResult) -> Any:
-    """Return a figure of Recall@N for N = 1..K (before re-ranking too when it ran)."""
-    figure = _figure(6, 4)
-    axes = figure.add_subplot()
-    ns = np.arange(1, result.predictions.shape[1] + 1)
-    axes.plot(ns, result.recall_curve(), marker='.', label='final ranking')
-    if result.recalls_before_rerank is not None:
-        axes.plot(ns, result.recall_curve(before_rerank=True), marker='.', linestyle='--',
-                  label='before re-ranking')
-    for n, value in result.recalls.items():
-        axes.annotate(f'{value:.1f}', (n, value), textcoords='offset points', xytext=(0, 6),
-                      ha='center', fontsize=8)
-    axes.set(xlabel='N', ylabel='Recall@N (%)', ylim=(0, 105), xscale='log')
-    axes.set_title(f'{result.dataset.name}\n{result.summary_line()}', fontsize=9)
-    axes.grid(True, alpha=0.3)
-    axes.legend(loc='lower right')
-    return figure
-
-
-def plot_pr_curve(result: EvalResult) -> Any:
-    """Return a figure of the loop-closure precision-recall curve with its summary numbers."""
-    figure = _figure(6, 4)
-    axes = figure.add_subplot()
-    precision, recall, _ = result.pr_curve
-    loop = result.loop_closure
-    if len(recall):
-        axes.step(np.concatenate([[0.0], recall]), np.concatenate([[precision[0]], precision]),
-                  where='pre')
-    axes.set(xlabel='recall', ylabel='precision', xlim=(0, 1.02), ylim=(0, 1.05))
-    axes.set_title(f'loop closure, best match by {loop["score"]}\n'
-                   f'AUC {loop["auc"]:.3f}, max recall at 100% precision '
-                   f'{loop["max_recall_at_100_precision"]:.3f}, best F1 {loop["best_f1"]:.3f}',
-                   fontsize=9)
-    axes.grid(True, alpha=0.3)
-    return figure
-
-
-def plot_latency(result: EvalResult) -> Any:
-    """Return one latency histogram per stage (per-query milliseconds, p50 and p99 marked)."""
-    stages = [s for s in LATENCY_STAGES if s in result.latency_samples]
-    stages += [s for s in result.latency_samples if s not in stages]
-    figure = _figure(7, 1.8 * max(len(stages), 1))
-    if not stages:
-        return figure
-    grid = figure.subplots(len(stages), 1, squeeze=False)
-    for axes, stage in zip(grid[:, 0], stages):
-        values = result.latency_samples[stage]
-        axes.hist(values[np.isfinite(values)], bins=30, color='tab:blue')
-        stats = result.latency_ms.get(stage, {})
-        for key, color in (('p50', 'tab:green'), ('p99', 'tab:red')):
-            if np.isfinite(stats.get(key, np.nan)):
-                axes.axvline(stats[key], color=color, linestyle='--',
-                             label=f'{key} {stats[key]:.2f} ms')
-        axes.set_title(f'{stage} ({len(values)} images)', fontsize=9)
-        axes.set_ylabel('count', fontsize=8)
-        axes.legend(fontsize=8, loc='upper right')
-    grid[-1, 0].set_xlabel('milliseconds per image')
-    return figure
-
-
-def plot_reliability(result: EvalResult) -> Any:
-    """Return the reliability diagram of the best match's probability (with bin counts)."""
-    figure = _figure(6, 4.5)
-    axes = figure.add_subplot()
-    axes.plot([0, 1], [0, 1], linestyle=':', color='0.5', label='perfect calibration')
-    table = result.calibration.get('reliability')
-    if table is None:
-        axes.set_title('reliability: no probabilities recorded')
-        return figure
-    edges = np.asarray(table['edges'])
-    centres = (edges[:-1] + edges[1:]) / 2
-    accuracy = np.asarray(table['accuracy'], dtype=float)
-    filled = np.asarray(table['count']) > 0
-    axes.bar(centres[filled], accuracy[filled], width=np.diff(edges)[filled] * 0.9,
-             alpha=0.6, label='fraction correct')
-    axes.plot(np.asarray(table['mean_probability'], dtype=float)[filled], accuracy[filled],
-              'o-', color='tab:red', label='mean probability vs correct')
-    for x, y, count in zip(centres[filled], accuracy[filled], np.asarray(table['count'])[filled]):
-        axes.annotate(str(count), (x, y), textcoords='offset points', xytext=(0, 4),
-                      ha='center', fontsize=7)
-    axes.set_xlim(0, 1)
-    axes.set_ylim(0, 1.05)
-    axes.set_xlabel('probability of the best match')
-    axes.set_ylabel('fraction of best matches that are correct')
-    axes.set_title(f'reliability ({table["decisions"]} best matches), ECE {table["ece"]:.3f}')
-    axes.legend(fontsize=8, loc='upper left')
-    return figure
-
-
-def _grid_queries(result: EvalResult) -> list:
-    count = min(GRID_QUERIES, result.dataset.num_queries)
-    return sorted({int(round(v)) for v in np.linspace(0, result.dataset.num_queries - 1, count)})
-
-
-def plot_match_grid(result: EvalResult) -> Any:
-    """Return a grid: one row per sampled query, its top-3 matches framed green/red."""
-    queries = _grid_queries(result)
-    figure = _figure(2.4 * (GRID_MATCHES + 1), 2.0 * max(len(queries), 1))
-    if not queries:
-        return figure
-    grid = figure.subplots(len(queries), GRID_MATCHES + 1, squeeze=False)
-    for row, q in enumerate(queries):
-        _show(grid[row][0], result.dataset.query_image(q), f'query {q}', 'black')
-        for k in range(GRID_MATCHES):
-            _show_match(grid[row][k + 1], result, q, k)
-    return figure
-
-
-def _show_match(axes: Any, result: EvalResult, q: int, k: int) -> None:
-    j = int(result.predictions[q, k]) if k < result.predictions.shape[1] else -1
-    if j < 0:
-        axes.axis('off')
-        return
-    correct = bool(np.isin(j, result.dataset.positives[q]))
-    score = result.scores[q, k]
-    _show(axes, result.dataset.database_image(j), f'#{k + 1} db {j} ({score:.3f})',
-          'tab:green' if correct else 'tab:red')
-
-
-def _show(axes: Any, image: np.ndarray, title: str, color: str) -> None:
-    axes.imshow(image)
-    axes.set_title(title, fontsize=8, color=color)
-    axes.set_xticks([])
-    axes.set_yticks([])
-    for spine in axes.spines.values():
-        spine.set_edgecolor(color)
-        spine.set_linewidth(4)
-
-
-def summary_markdown(result: EvalResult) -> str:
-    """Return the Markdown summary (dataset, Recall@N, loop closure, latency, plots)."""
-    info = result.dataset.summary()
-    lines = [f'# VPR evaluation: {result.dataset.name}', '',
-             f'`{result.summary_line()}`', '',
-             f'- queries: {info["num_queries"]} ({info["queries_without_positives"]} without a '
-             f'positive, counted as misses); database: {info["num_database"]}',
-             *[f'- {k}: {v}' for k, v in result.settings.items()], '',
-             '| | ' + ' | '.join(f'R@{n}' for n in result.recalls) + ' |',
-             '|---|' + '---|' * len(result.recalls),
-             '| final | ' + ' | '.join(f'{v:.2f}' for v in result.recalls.values()) + ' |']
-    if result.recalls_before_rerank is not None:
-        lines.append('| before re-ranking | ' + ' | '.join(
-            f'{v:.2f}' for v in result.recalls_before_rerank.values()) + ' |')
-    lines += ['', '## Loop closure', '']
-    lines += [f'- {k}: {_fmt(v)}' for k, v in result.loop_closure.items()
-              if k != 'at_threshold']
-    lines += _decision_lines(result.loop_closure.get('at_threshold'))
-    if result.calibration:
-        table = result.calibration['reliability']
-        lines += ['', '## Calibration of the best match probability', '',
-                  f'- expected calibration error: {table["ece"]:.4f}, Brier score: '
-                  f'{table["brier"]:.4f} ({table["decisions"]} best matches)']
-        lines += [f'- accepted at p >= {k}: {v["accepted"]}, of which correct '
-                  f'{_fmt(v["precision"])}' for k, v in result.calibration['precision_at'].items()]
-    lines += ['', '## Latency (ms)', '', '| stage | count | mean | p50 | p90 | p99 | max |',
-              '|---|---|---|---|---|---|---|']
-    for stage, stats in result.latency_ms.items():
-        values = [stats.get(k, float('nan')) for k in ('mean', 'p50', 'p90', 'p99', 'max')]
-        lines.append(f'| {stage} | {stats["count"]} | ' + ' | '.join(f'{v:.2f}' for v in values)
-                     + ' |')
-    lines += ['', '## Plots', ''] + [f'![{name}]({name})' for name in REPORT_FILES
-                                     if name.endswith('.png')]
-    return '\n'.join(lines) + '\n'
-
-
-def _decision_lines(decision: Optional[dict]) -> list:
-    """Return the Markdown table of the accept decision (accepted, correct, wrong)."""
-    if not decision:
-        return []
-    return ['', f'### Accept decision ({decision["source"]}, threshold '
-                f'{decision["threshold"]:g})', '',
-            '| accepted | correct | wrong | precision | recall |', '|---|---|---|---|---|',
-            f'| {decision["accepted"]} | {decision["correct_accepted"]} | '
-            f'{decision["wrong_accepted"]} | {_fmt(decision["precision"])} | '
-            f'{_fmt(decision["recall"])} |', '',
-            'Wrong accepts are accepted best matches that are no true match (false loop '
-            'closures); `predictions.csv` lists them (`accepted` 1, `correct` 0).']
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, dict):
-        return ', '.join(f'{k}={_fmt(v)}' for k, v in value.items())
-    if isinstance(value, float):
-        return f'{value:.4f}'
-    return str(value)
-
-
-PREDICTION_COLUMNS = ('query', 'key', 'stamp_ns', 'first_positive_rank', 'database_ids',
-                      'scores', 'probability', 'accepted', 'correct', 'reason')
-"""``predictions.csv`` columns; ``accepted``/``correct`` are 1/0, empty when unknown."""
-
-
-def predictions_csv(result: EvalResult) -> str:
-    """Return one CSV row per query (:data:`PREDICTION_COLUMNS`).
-
-    ``first_positive_rank`` is 0-based (-1: no correct match in the ranking);
-    ``database_ids`` and ``scores`` are space-separated, best first; ``probability`` is the
-    best match's calibrated probability (empty when unknown); ``accepted`` the accept
-    decision (``result.accept_source``: the localizer's, or probability >= threshold);
-    ``correct`` whether the best match is a true match (empty without a match), so the wrong
-    accepts are the rows with ``accepted`` 1 and ``correct`` 0; ``reason`` the localizer's
-    reason (``accepted``, ``below threshold``, ``temporal``, ``empty map``).
-    """
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator='\n')
-    writer.writerow(PREDICTION_COLUMNS)
-    stamps = result.dataset.query_stamps_ns()
-    count = result.dataset.num_queries
-    probability = (result.best_probability if result.best_probability is not None
-                   else np.full(count, np.nan))
-    accepted = result.accepted or (None,) * count
-    reasons = result.reasons or ('',) * count
-    for q in range(count):
-        ids = [int(j) for j in result.predictions[q] if j >= 0]
-        scores = [f'{s:.6f}' for s in result.scores[q, :len(ids)]]
-        correct = '' if not ids else int(result.first_positive_rank[q] == 0)
-        writer.writerow([q, result.dataset.query_key(q), int(stamps[q]),
-                         int(result.first_positive_rank[q]), ' '.join(map(str, ids)),
-                         ' '.join(scores),
-                         '' if math.isnan(probability[q]) else f'{probability[q]:.6f}',
-                         '' if accepted[q] is None else int(accepted[q]), correct, reasons[q]])
-    return buffer.getvalue()

@@ -15,7 +15,8 @@ import torch
 from vpr_ros.config import IndexConfig, LocalizerConfig
 from vpr_ros.geometry import Pose
 from vpr_ros.localization.verification import count_inliers, NOT_VERIFIED, token_grid
-from vpr_ros.map.database import MapDatabase, MapEntry
+from vpr_ros.map.database import MapDatabase
+from vpr_ros.map.entries import MapEntry
 from vpr_ros.models.backend import apply_backend
 from vpr_ros.models.calibration import Calibration, GLOBAL_SIMILARITY_CALIBRATION
 from vpr_ros.models.fusion import ActiveScoring, plan_scoring

@@ -6,7 +6,7 @@ from typing import Iterable
 from vpr_ros.data.frame import Frame
 from vpr_ros.data.frame_source import batched
 from vpr_ros.localization.localizer import Localizer
-from vpr_ros.map.database import MapEntry
+from vpr_ros.map.entries import MapEntry
 
 LOG = logging.getLogger(__name__)
 

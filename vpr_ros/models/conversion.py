@@ -41,13 +41,13 @@ from safetensors import safe_open, SafetensorError
 import torch
 
 from vpr_ros.errors import CheckpointError
-from vpr_ros.models.checkpoint import (check_state_dict, FORMAT_NAME, load_checkpoint,
-                                       load_official_state_dict, read_official_state_dict,
-                                       save_checkpoint)
+from vpr_ros.models.checkpoint import FORMAT_NAME, load_checkpoint, save_checkpoint
 from vpr_ros.models.dinov2 import from_official_keys, PATCH_SIZE, to_official_keys
+from vpr_ros.models.official_weights import load_official_state_dict, read_official_state_dict
 from vpr_ros.models.pairvpr import DEFAULT_OPTIONS, PairVpr
 from vpr_ros.models.registry import create_model
 from vpr_ros.models.spec import PREPROCESSING_OFFICIAL
+from vpr_ros.models.state_dict_keys import check_state_dict
 from vpr_ros.models.vpr_model import VprModel
 
 LOGGER = logging.getLogger(__name__)

@@ -33,7 +33,8 @@ from visualization_msgs.msg import MarkerArray
 from vpr_ros.data.image_codec import read_image_file
 from vpr_ros.errors import ImageDecodeError, MapChangedError, VprError
 from vpr_ros.geometry import positions_array
-from vpr_ros.map.database import MANIFEST_FILE, MapDatabase
+from vpr_ros.map.database import MapDatabase
+from vpr_ros.map.manifest import MANIFEST_FILE
 from vpr_ros.ros.conversions import image_to_msg, pose_from_msg, PoseRejected, stamp_to_ns
 from vpr_ros.ros.keyframe_gate import KeyframeGate
 from vpr_ros.ros.latest_slot import LatestSlot

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from vpr_ros.sample.renderer import render_traversal, RouteConfig
+from vpr_ros.sample.renderer import render_traversal
+from vpr_ros.sample.route import RouteConfig
 from vpr_ros_training.gcl.fov import FovConfig
 from vpr_ros_training.gcl.labels import Cameras, graded_labels, LabelMatrix
 from vpr_ros_training.traversal import frame_range, traversal_frames

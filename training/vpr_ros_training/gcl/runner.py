@@ -39,7 +39,7 @@ LOGGER = logging.getLogger(__name__)
 WEIGHTS_FORMAT = 'vpr_ros_training.weights'
 WEIGHTS_FILE = 'weights.safetensors'
 CORE_FILE = 'model.safetensors'
-CORE_GAP = 'architecture not registered in vpr_ros.core; see README.md (Training)'
+CORE_GAP = 'architecture not registered in vpr_ros.models.registry; see docs/deployment.md'
 
 
 class EpochKeySampler:
