@@ -106,7 +106,7 @@ def test_start_up_failure_is_one_fatal_line_naming_the_parameter(failures, case)
 def _console_scripts() -> dict:
     """Return the console scripts of setup.py that live in vpr_ros/ros: name -> module."""
     setup = (REPO_ROOT / 'setup.py').read_text()
-    found = dict(re.findall(r"'([\w-]+) = (vpr_ros\.ros\.\w+):main'", setup))
+    found = dict(re.findall(r"'([\w-]+) = (vpr_ros\.ros\.[\w.]+):main'", setup))
     assert {'localize', 'build_map', 'vpr-bag-play'} <= set(found), found
     return found
 

@@ -3,8 +3,9 @@
 :class:`SlowPoolingModel` is a real :class:`~vpr_ros.models.vpr_model.VprModel`: its global
 descriptor is the centred, L2-normalised colour layout of the image (average-pooled on a coarse
 grid), which tells the synthetic places of :mod:`vpr_ros.ros.tools.soak_scenario` apart. Every
-``describe`` call first sleeps ``delay_s``, so the node's inference time is known and does not load the CPU.
-The delay is not part of the spec: maps built without it load into a node running with it.
+``describe`` call first sleeps ``delay_s``, so the node's inference time is known and does not
+load the CPU. The delay is not part of the spec: maps built without it load into a node running
+with it.
 
 ``python -m vpr_ros.ros.tools.slow_model --delay-ms 50 --ros-args -p model:=slow_pooling_50ms ...``
 registers the model as ``slow_pooling_<delay>ms`` and runs the real ``localize`` node.
