@@ -98,7 +98,7 @@ def test_query_traversal_is_darker_and_warmer_than_the_map(traversals: tuple) ->
 
 def test_same_seed_renders_identical_frames_and_other_seeds_differ(traversals: tuple) -> None:
     """Rebuilding the scene from scratch reproduces every pixel; another seed changes them."""
-    scene._build_scene.cache_clear()
+    scene.build_scene.cache_clear()
     again = render_traversal(SMALL, 1)
     for first, second in zip(traversals[1], again):
         assert np.array_equal(first.image, second.image)
@@ -110,12 +110,12 @@ def test_same_seed_renders_identical_frames_and_other_seeds_differ(traversals: t
 
 def test_ray_cast_matches_a_per_segment_linear_solve() -> None:
     """The vectorised column ray cast finds the same nearest facade as a 2x2 solve per segment."""
-    walls = route._build_walls(SMALL)
+    walls = route.build_walls(SMALL)
     rng = np.random.default_rng(0)
     origins = route_polyline(SMALL)[rng.integers(0, 500, 6)]
     angles = rng.uniform(-np.pi, np.pi, len(origins))
     dirs = np.stack([np.cos(angles), np.sin(angles)], axis=1)
-    t, seg, _ = route._cast(walls, origins, dirs)
+    t, seg, _ = route.cast(walls, origins, dirs)
     for k, (origin, direction) in enumerate(zip(origins, dirs)):
         best = np.inf
         for a, b in zip(walls.a, walls.b):
@@ -179,9 +179,9 @@ def test_routes_at_both_ends_of_the_length_range_render(bound: int) -> None:
     try:
         frames = render_traversal(config, 0)
         if bound == 1:
-            assert scene._build_scene(config).atlas[0].shape[1] > 32767
+            assert scene.build_scene(config).atlas[0].shape[1] > 32767
     finally:
-        scene._build_scene.cache_clear()  # the 2000 m scene holds gigabytes
+        scene.build_scene.cache_clear()  # the 2000 m scene holds gigabytes
     loop = route_polyline(config)
     distance, _ = _nearest_on_polyline(np.array([f.pose.position[:2] for f in frames]), loop)
     assert distance.max() < 0.1

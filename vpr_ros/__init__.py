@@ -1,4 +1,9 @@
-"""Visual place recognition for ROS 2: retrieval core, ROS nodes and training recipes."""
+"""Visual place recognition for ROS 2.
+
+Packages, lowest first: the ground floor (``config``, ``errors``, ``geometry``, ``openmp``),
+``models``, ``data``, ``map``, ``sample``, ``localization``, ``evaluation``, ``cli``; the ROS 2
+nodes in ``ros`` (tools in ``ros.tools``). Imports point down only (docs/architecture.md).
+"""
 
 from vpr_ros.openmp import configure_process
 

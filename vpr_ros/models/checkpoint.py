@@ -53,7 +53,7 @@ from vpr_ros.models.efficientnet import create_lite0_encoder
 from vpr_ros.models.fusion import RerankScoring
 from vpr_ros.models.registry import create_model
 from vpr_ros.models.spec import ModelSpec
-from vpr_ros.models.state_dict_keys import _name_keys, check_state_dict
+from vpr_ros.models.state_dict_keys import check_state_dict, name_keys
 from vpr_ros.models.vpr_model import VprModel
 
 LOGGER = logging.getLogger(__name__)
@@ -148,7 +148,7 @@ def write_rerank_scoring(source: PathLike, scoring: RerankScoring, out: PathLike
     metadata = _read_metadata(source)
     spec_from_metadata(metadata, source)
     scoring_from_metadata(metadata, source)
-    state = _read_safetensors(source)
+    state = read_safetensors(source)
     if stored_digest(state, metadata) != metadata.get('sha256'):
         raise CheckpointError(f'{source}: tensor data or metadata does not match the stored '
                               f'sha256 (corrupt or modified file)')
@@ -192,7 +192,7 @@ def load_checkpoint(path: PathLike, device: Union[str, torch.device] = 'cpu') ->
     if 'base_weights' in metadata:
         base = base_weights_for(metadata['base_weights'], spec.architecture, str(path))
     model = _rebuild(spec, path, base.rebuild_options if base else None)
-    state = _read_safetensors(path)
+    state = read_safetensors(path)
     expected = model.state_dict()
     if base is not None:
         expected = {key: value for key, value in expected.items()
@@ -374,7 +374,7 @@ def _network_fields(spec: ModelSpec) -> dict:
 
 def _read_metadata(path: Path) -> dict:
     """Return the safetensors metadata of ``path`` or raise a :class:`CheckpointError`."""
-    _require_file(path)
+    require_file(path)
     try:
         with safe_open(str(path), framework='pt') as handle:
             return dict(handle.metadata() or {})
@@ -383,9 +383,9 @@ def _read_metadata(path: Path) -> dict:
                               f'or another format): {exc}') from exc
 
 
-def _read_safetensors(path: Path) -> dict:
+def read_safetensors(path: Path) -> dict:
     """Return every tensor of safetensors file ``path`` on the CPU."""
-    _require_file(path)
+    require_file(path)
     try:
         return load_file(str(path), device='cpu')
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
@@ -402,10 +402,10 @@ def _check_dtypes(expected: dict, state: dict, path: Path, half: bool) -> None:
             wrong.append(f'{key} (file {state[key].dtype}, expected {want})')
     if wrong:
         raise CheckpointError(f'{path}: {len(wrong)} tensors have the wrong dtype: '
-                              f'{_name_keys(wrong)}')
+                              f'{name_keys(wrong)}')
 
 
-def _require_file(path: Path) -> None:
+def require_file(path: Path) -> None:
     """Raise a :class:`CheckpointError` when ``path`` is not an existing file."""
     if not path.is_file():
         raise CheckpointError(f'checkpoint file {path} not found')

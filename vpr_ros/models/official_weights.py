@@ -26,7 +26,7 @@ from typing import Union
 import torch
 
 from vpr_ros.errors import CheckpointError
-from vpr_ros.models.checkpoint import _read_safetensors, _require_file
+from vpr_ros.models.checkpoint import read_safetensors, require_file
 from vpr_ros.models.dinov2 import DinoV2Encoder, from_official_keys, to_official_keys
 from vpr_ros.models.pair_decoder import interpolate_decoder_pos_embed
 from vpr_ros.models.pairvpr import PairVpr
@@ -91,9 +91,9 @@ def read_official_state_dict(path: PathLike) -> dict:
     ``module.`` prefix (``DataParallel``) on every key is removed.
     """
     path = Path(path)
-    _require_file(path)
+    require_file(path)
     if path.suffix == '.safetensors':
-        return _read_safetensors(path)
+        return read_safetensors(path)
     try:
         loaded = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as exc:

@@ -5,7 +5,7 @@ from vpr_ros.errors import CheckpointError
 MAX_NAMED_KEYS = 8
 
 
-def _name_keys(keys: list) -> str:
+def name_keys(keys: list) -> str:
     """Return the first few ``keys`` and how many more there are."""
     shown = ', '.join(keys[:MAX_NAMED_KEYS])
     more = len(keys) - MAX_NAMED_KEYS
@@ -24,7 +24,7 @@ def compare_state_dicts(expected: dict, state: dict) -> tuple[list, list, list]:
 
 def describe_key_problems(missing: list, unexpected: list, mismatched: list) -> str:
     """Return one sentence naming the missing, unexpected and mis-shaped keys."""
-    parts = [f'{len(keys)} {label}: {_name_keys(keys)}'
+    parts = [f'{len(keys)} {label}: {name_keys(keys)}'
              for label, keys in (('missing keys', missing), ('unexpected keys', unexpected),
                                  ('shape mismatches', mismatched)) if keys]
     return '; '.join(parts)

@@ -11,7 +11,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from vpr_ros.sample.route import _Walls
+from vpr_ros.sample.route import Walls
 
 TEXEL_M = 0.05
 FACADE_MAX_M = 14.0
@@ -23,7 +23,7 @@ MIP_LEVELS = 5
 # -------------------------------------------------------------------------------- textures
 
 
-def _noise(rng: np.random.Generator, shape: tuple, cells: tuple, octaves: int = 3) -> np.ndarray:
+def noise(rng: np.random.Generator, shape: tuple, cells: tuple, octaves: int = 3) -> np.ndarray:
     """Fractal value noise of ``shape``, roughly zero-mean and unit amplitude, periodic in x.
 
     The period is exact when ``shape[1]`` is a multiple of ``cells[1] * 2**(octaves - 1)``.
@@ -39,7 +39,8 @@ def _noise(rng: np.random.Generator, shape: tuple, cells: tuple, octaves: int = 
     return out / 1.75
 
 
-def _col(u: float) -> int:
+def col(u: float) -> int:
+    """Return the atlas texel column of facade arc length ``u`` (metres)."""
     return int(round(u / TEXEL_M))
 
 
@@ -49,7 +50,7 @@ def _row(z: float) -> int:
 
 def _rect(img: np.ndarray, u0: float, u1: float, z0: float, z1: float, colour: Any) -> None:
     """Fill the facade rectangle [u0, u1] x [z0, z1] (metres) with ``colour``."""
-    cv2.rectangle(img, (_col(u0), _row(z1)), (_col(u1) - 1, _row(z0) - 1),
+    cv2.rectangle(img, (col(u0), _row(z1)), (col(u1) - 1, _row(z0) - 1),
                   tuple(float(c) for c in np.broadcast_to(colour, 3)), -1)
 
 
@@ -70,12 +71,12 @@ def _vivid(rng: np.random.Generator) -> np.ndarray:
 def _pattern(rng: np.random.Generator, style: int, shape: tuple) -> np.ndarray:
     """Return a brightness pattern ``[H, W]`` for a facade: brick, plaster, panels or siding."""
     rows, cols = np.indices(shape)
-    grain = 1.0 + 0.07 * _noise(rng, shape, (max(1, shape[0] // 40), max(1, shape[1] // 40)))
+    grain = 1.0 + 0.07 * noise(rng, shape, (max(1, shape[0] // 40), max(1, shape[1] // 40)))
     if style == 0:
         mortar = (rows % 5 == 0) | ((cols + 5 * ((rows // 5) % 2)) % 10 == 0)
         return grain * np.where(mortar, 1.25, 1.0 + 0.06 * rng.standard_normal(shape))
     if style == 1:
-        return grain * (1.0 + 0.05 * _noise(rng, shape, (max(1, shape[0] // 8), 4)))
+        return grain * (1.0 + 0.05 * noise(rng, shape, (max(1, shape[0] // 8), 4)))
     if style == 2:
         joint = (rows % 24 == 0) | (cols % 36 == 0)
         panel = 1.0 + 0.08 * rng.standard_normal((shape[0] // 24 + 1, shape[1] // 36 + 1))
@@ -101,7 +102,7 @@ def _text(img: np.ndarray, text: str, u0: float, u1: float, z0: float, z1: float
           colour: Any) -> None:
     """Write ``text`` centred in the facade box [u0, u1] x [z0, z1], as large as it fits."""
     font = cv2.FONT_HERSHEY_DUPLEX
-    box = img[_row(z1):_row(z0), _col(u0):_col(u1)]
+    box = img[_row(z1):_row(z0), col(u0):col(u1)]
     (w, h), _ = cv2.getTextSize(text, font, 1.0, 1)
     scale = min(box.shape[1] * 0.9 / w, box.shape[0] * 0.75 / h)
     (w, h), _ = cv2.getTextSize(text, font, scale, 1)
@@ -192,11 +193,11 @@ def _draw_posters(rng: np.random.Generator, cv: _Canvas, u0: float, u1: float) -
     for _ in range(int(rng.integers(1, 4))):
         a, w = rng.uniform(u0 + 0.3, u1 - 1.2), rng.uniform(0.6, 1.0)
         _rect(cv.rgb, a, a + w, 0.9, 0.9 + 1.4 * w, _vivid(rng))
-        centre = (_col(a + w / 2), _row(0.9 + 0.7 * w))
+        centre = (col(a + w / 2), _row(0.9 + 0.7 * w))
         cv2.circle(cv.rgb, centre, int(rng.integers(3, 9)), tuple(map(float, _vivid(rng))), -1)
         _text(cv.rgb, _letters(rng, 3), a, a + w, 0.95, 1.25, _vivid(rng))
-    c0, c1 = _col(u0 + 0.2), _col(u1 - 0.2)
-    blob = _noise(rng, (_row(0.2) - _row(1.4), c1 - c0), (2, max(1, (c1 - c0) // 30)))
+    c0, c1 = col(u0 + 0.2), col(u1 - 0.2)
+    blob = noise(rng, (_row(0.2) - _row(1.4), c1 - c0), (2, max(1, (c1 - c0) // 30)))
     region = cv.rgb[_row(1.4):_row(0.2), c0:c1]
     region[blob > 0.7] = _vivid(rng)
 
@@ -208,7 +209,7 @@ def _draw_building(rng: np.random.Generator, cv: _Canvas, u0: float, u1: float) 
     """Draw one building of the facade between ``u0`` and ``u1`` metres."""
     height = float(rng.uniform(5.0, 13.0))
     colour = _PALETTE[rng.integers(len(_PALETTE))] * rng.uniform(0.85, 1.1)
-    c0, c1, r0 = _col(u0), _col(u1), _row(height)
+    c0, c1, r0 = col(u0), col(u1), _row(height)
     pattern = _pattern(rng, int(rng.integers(4)), (FACADE_ROWS - r0, c1 - c0))
     cv.rgb[r0:, c0:c1] = colour * pattern[..., None]
     cv.alpha[r0:, c0:c1] = 1.0
@@ -223,22 +224,22 @@ def _draw_building(rng: np.random.Generator, cv: _Canvas, u0: float, u1: float) 
 def _draw_landmark(rng: np.random.Generator, cv: _Canvas, u: float) -> None:
     """Draw a rooftop billboard or a large mural near ``u``: the place's distinctive mark."""
     width = rng.uniform(2.5, 4.5)
-    height = float(cv.heights[_col(u)])
+    height = float(cv.heights[col(u)])
     if rng.random() < 0.5 and height < FACADE_MAX_M - 3.2:
         top = height + rng.uniform(2.0, 2.8)
         _rect(cv.rgb, u + 0.3, u + 0.45, height, top, (0.2, 0.2, 0.2))
         _rect(cv.rgb, u + width - 0.45, u + width - 0.3, height, top, (0.2, 0.2, 0.2))
-        cv.alpha[_row(top):_row(height), _col(u + 0.3):_col(u + width - 0.3)] = 1.0
+        cv.alpha[_row(top):_row(height), col(u + 0.3):col(u + width - 0.3)] = 1.0
         base, board = _vivid(rng), (height + 0.6, top)
         _rect(cv.rgb, u, u + width, *board, base)
         _text(cv.rgb, _letters(rng, int(rng.integers(2, 6))), u, u + width, *board, 1.0 - base)
-        cv.alpha[_row(top):_row(board[0]), _col(u):_col(u + width)] = 1.0
+        cv.alpha[_row(top):_row(board[0]), col(u):col(u + width)] = 1.0
         _rect(cv.emis, u, u + width, *board, base * 0.6)
         return
     _rect(cv.rgb, u, u + width, 0.3, min(height - 0.4, 5.5), _vivid(rng))
     _rect(cv.emis, u, u + width, 0.3, min(height - 0.4, 5.5), 0.0)
     for _ in range(int(rng.integers(3, 7))):
-        centre = (_col(rng.uniform(u, u + width)), _row(rng.uniform(0.6, min(height, 5.5))))
+        centre = (col(rng.uniform(u, u + width)), _row(rng.uniform(0.6, min(height, 5.5))))
         radius = int(rng.integers(6, 25))
         if rng.random() < 0.5:
             cv2.circle(cv.rgb, centre, radius, tuple(map(float, _vivid(rng))), -1)
@@ -249,7 +250,7 @@ def _draw_landmark(rng: np.random.Generator, cv: _Canvas, u: float) -> None:
 
 def _facade(rng: np.random.Generator, length: float) -> _Canvas:
     """Draw the whole facade of one side of the street, ``length`` metres long."""
-    cols = _col(length) + 1
+    cols = col(length) + 1
     cv = _Canvas(np.zeros((FACADE_ROWS, cols, 3), np.float32),
                  np.zeros((FACADE_ROWS, cols), np.float32),
                  np.zeros((FACADE_ROWS, cols, 3), np.float32), np.zeros(cols, np.float32))
@@ -266,7 +267,7 @@ def _facade(rng: np.random.Generator, length: float) -> _Canvas:
     return cv
 
 
-def _pyramid(img: np.ndarray) -> tuple:
+def pyramid(img: np.ndarray) -> tuple:
     """Return ``MIP_LEVELS`` successively halved copies of ``img`` (level 0 first)."""
     levels = [img]
     for _ in range(MIP_LEVELS - 1):
@@ -274,11 +275,12 @@ def _pyramid(img: np.ndarray) -> tuple:
     return tuple(levels)
 
 
-def _to_u8(img: np.ndarray) -> np.ndarray:
+def to_u8(img: np.ndarray) -> np.ndarray:
+    """Return float image ``img`` (0..1) as rounded, clipped ``uint8``."""
     return np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
 
-def _build_atlas(rng: np.random.Generator, walls: _Walls) -> tuple[tuple, tuple, tuple]:
+def build_atlas(rng: np.random.Generator, walls: Walls) -> tuple[tuple, tuple, tuple]:
     """Draw both facades; stack them (wall 1 mirrored so its lettering reads correctly)."""
     canvases = [_facade(rng, length) for length in walls.lengths]
     cols = max(cv.rgb.shape[1] for cv in canvases)
@@ -289,7 +291,7 @@ def _build_atlas(rng: np.random.Generator, walls: _Walls) -> tuple[tuple, tuple,
         emis.append(_atlas_band(flip(cv.emis), cols))
         heights.append(cv.heights[::-1] if wall == 1 else cv.heights)
     atlas, emissive = np.vstack(rgba), np.vstack(emis)
-    return _pyramid(_to_u8(atlas)), _pyramid(_to_u8(emissive)), tuple(heights)
+    return pyramid(to_u8(atlas)), pyramid(to_u8(emissive)), tuple(heights)
 
 
 def _atlas_band(texture: np.ndarray, cols: int) -> np.ndarray:

@@ -24,11 +24,11 @@ from vpr_ros.data.bag import write_frames
 from vpr_ros.data.frame import Frame
 from vpr_ros.errors import ConfigError
 from vpr_ros.geometry import pose_from_xy_yaw
-from vpr_ros.sample.facade import (_col, _noise, _pyramid, _to_u8, ATLAS_BAND_ROWS,
-                                   FACADE_MAX_M, MIP_LEVELS, TEXEL_M)
-from vpr_ros.sample.route import (_cast, _viewpoints, IMAGE_TOPIC, POSE_TOPIC, RouteConfig,
-                                  SamplePaths, TRAVERSALS)
-from vpr_ros.sample.scene import _build_scene, _route_xy, _Scene, _world_px
+from vpr_ros.sample.facade import (ATLAS_BAND_ROWS, col, FACADE_MAX_M, MIP_LEVELS, noise, pyramid,
+                                   TEXEL_M, to_u8)
+from vpr_ros.sample.route import (cast, IMAGE_TOPIC, POSE_TOPIC, RouteConfig, SamplePaths,
+                                  TRAVERSALS, viewpoints)
+from vpr_ros.sample.scene import build_scene, route_xy, Scene, world_px
 
 _LOG = logging.getLogger(__name__)
 
@@ -98,26 +98,26 @@ def _sun_dir(light: _Lighting) -> np.ndarray:
     return np.array([math.cos(light.sun_azimuth), math.sin(light.sun_azimuth)])
 
 
-def _shadow_mask(scene: _Scene, light: _Lighting, shape: tuple) -> np.ndarray:
+def _shadow_mask(scene: Scene, light: _Lighting, shape: tuple) -> np.ndarray:
     """Rasterise the shadows the facades cast on the floor into the floor texture grid."""
     mask = np.zeros(shape, np.float32)
     walls, reach = scene.walls, -_sun_dir(light) / math.tan(light.sun_elevation)
     mid = walls.u0 + 0.5 * np.linalg.norm(walls.b - walls.a, axis=1)
     for k in range(len(walls.a)):
         heights = scene.heights[walls.wall[k]]
-        h = float(heights[min(_col(mid[k]), len(heights) - 1)])
+        h = float(heights[min(col(mid[k]), len(heights) - 1)])
         base = np.array([walls.a[k], walls.b[k]]) - 0.3 * walls.normal[k]
         quad = np.vstack([base, base[::-1] + h * reach])
-        cv2.fillPoly(mask, [_world_px(scene.floor_origin, quad)], 1.0)
+        cv2.fillPoly(mask, [world_px(scene.floor_origin, quad)], 1.0)
     return cv2.GaussianBlur(mask, (5, 5), 0)
 
 
-def _lit_floor(scene: _Scene, light: _Lighting) -> tuple:
+def _lit_floor(scene: Scene, light: _Lighting) -> tuple:
     """Return the mip pyramid of the floor as lit by ``light`` (sun, sky light, shadows)."""
     shadow = _shadow_mask(scene, light, scene.floor_albedo.shape[:2])
     sun = np.array(light.sun_rgb, np.float32) * math.sin(light.sun_elevation)
     lit = np.array(light.ambient_rgb, np.float32) + (1.0 - shadow)[..., None] * sun
-    return _pyramid(scene.floor_albedo * lit)
+    return pyramid(scene.floor_albedo * lit)
 
 
 def _sky(rng: np.random.Generator, light: _Lighting) -> np.ndarray:
@@ -127,7 +127,7 @@ def _sky(rng: np.random.Generator, light: _Lighting) -> np.ndarray:
     t = (np.clip(el / SKY_EL_RANGE[1], 0.0, 1.0) ** 0.6)[..., None]
     sky = (1.0 - t) * np.array(light.sky_horizon) + t * np.array(light.sky_zenith)
     sky = np.broadcast_to(sky, (rows, cols, 3)).astype(np.float32)
-    clouds = _noise(rng, (rows, cols), (6, 16), 4)
+    clouds = noise(rng, (rows, cols), (6, 16), 4)
     cover = np.clip((clouds - 1.0 + 2.0 * light.cloud_cover) * 1.5, 0.0, 0.9)[..., None]
     sky = sky * (1.0 - cover) + cover * np.array(light.cloud_rgb, np.float32)
     az = np.linspace(0.0, 2.0 * math.pi, cols, endpoint=False)[None, :]
@@ -147,7 +147,7 @@ class _Traversal:
     sky: np.ndarray
 
 
-def _traversal_look(scene: _Scene, config: RouteConfig, traversal: int) -> _Traversal:
+def _traversal_look(scene: Scene, config: RouteConfig, traversal: int) -> _Traversal:
     light = _LIGHTING[traversal]
     rng = np.random.default_rng([config.seed, 2, traversal])
     return _Traversal(light, _lit_floor(scene, light), _sky(rng, light))
@@ -248,7 +248,7 @@ def _sky_pixels(sky: np.ndarray, cam: _Camera, xc: np.ndarray) -> np.ndarray:
     return _remap(sky, tx, ty).reshape(cam.shape + (3,))
 
 
-def _floor_pixels(scene: _Scene, floor: tuple, cam: _Camera, dirs: np.ndarray,
+def _floor_pixels(scene: Scene, floor: tuple, cam: _Camera, dirs: np.ndarray,
                   idx: tuple) -> np.ndarray:
     """Shade the floor pixels ``idx`` (row and column index arrays): ``[N, 3]``."""
     depth = cam.height * cam.focal / (idx[0] + 0.5 - cam.cy)
@@ -258,12 +258,12 @@ def _floor_pixels(scene: _Scene, floor: tuple, cam: _Camera, dirs: np.ndarray,
     return _sample(floor, tx, ty, footprint)
 
 
-def _wall_shadow_line(scene: _Scene, light: _Lighting, hits: np.ndarray,
+def _wall_shadow_line(scene: Scene, light: _Lighting, hits: np.ndarray,
                       seg: np.ndarray) -> np.ndarray:
     """Height below which each column's facade point lies in the shadow of the opposite side."""
     walls, sun = scene.walls, _sun_dir(light)
     origins = hits + 0.01 * walls.normal[seg]
-    dist, occluder, u = _cast(walls, origins, np.broadcast_to(sun, origins.shape))
+    dist, occluder, u = cast(walls, origins, np.broadcast_to(sun, origins.shape))
     line = np.full(len(seg), -np.inf)
     found = np.isfinite(dist)
     for wall in (0, 1):
@@ -274,7 +274,7 @@ def _wall_shadow_line(scene: _Scene, light: _Lighting, hits: np.ndarray,
     return line
 
 
-def _wall_pixels(scene: _Scene, look: _Traversal, cam: _Camera, hit: tuple,
+def _wall_pixels(scene: Scene, look: _Traversal, cam: _Camera, hit: tuple,
                  z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Shade the facade pixels; return ``[H, W, 3]`` colours and the ``[H, W]`` facade mask."""
     depth, seg, u, hits = hit
@@ -304,13 +304,13 @@ def _expose(img: np.ndarray, light: _Lighting, rng: np.random.Generator) -> np.n
     gain = (light.exposure * (1.0 - light.vignette * r2)[..., None]
             * np.array(light.white_balance)).astype(np.float32)
     noise = rng.standard_normal(img.shape, dtype=np.float32) * np.float32(light.noise_sigma)
-    return _to_u8(np.clip(img * gain + noise, 0.0, 1.0) ** np.float32(light.tone_gamma))
+    return to_u8(np.clip(img * gain + noise, 0.0, 1.0) ** np.float32(light.tone_gamma))
 
 
-def _render(scene: _Scene, look: _Traversal, cam: _Camera, rng: np.random.Generator) -> np.ndarray:
+def _render(scene: Scene, look: _Traversal, cam: _Camera, rng: np.random.Generator) -> np.ndarray:
     """Render one ``[H, W, 3] uint8`` RGB frame seen by ``cam``."""
     xc, dirs = _column_rays(cam)
-    depth, seg, u = _cast(scene.walls, np.broadcast_to(cam.xy, dirs.shape), dirs)
+    depth, seg, u = cast(scene.walls, np.broadcast_to(cam.xy, dirs.shape), dirs)
     rows = np.arange(cam.shape[0]) + 0.5
     with np.errstate(invalid='ignore'):
         z = cam.height + (cam.cy - rows)[:, None] * depth[None, :] / cam.focal
@@ -339,10 +339,10 @@ def render_traversal(config: RouteConfig, traversal: int) -> list[Frame]:
     """
     if traversal not in (0, 1):
         raise ConfigError(f'traversal must be 0 (map) or 1 (query), got {traversal!r}')
-    scene = _build_scene(config)
+    scene = build_scene(config)
     look = _traversal_look(scene, config, traversal)
-    s, lateral, jitter, pitch = _viewpoints(config, traversal)
-    xy = _route_xy(scene, s, lateral)
+    s, lateral, jitter, pitch = viewpoints(config, traversal)
+    xy = route_xy(scene, s, lateral)
     yaw = np.interp(np.mod(s, scene.route_s[-1]), scene.route_s, scene.route_heading) + jitter
     start = _START_NS + traversal * _TRAVERSAL_GAP_NS
     frames = []

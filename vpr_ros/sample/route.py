@@ -63,7 +63,7 @@ class SamplePaths:
 
 
 @dataclass(frozen=True)
-class _Walls:
+class Walls:
     """Facade polylines as segments: endpoints, wall id, arc length and street-facing normal."""
 
     a: np.ndarray
@@ -118,7 +118,7 @@ def route_polyline(config: RouteConfig, step_m: float = 0.1) -> np.ndarray:
     return _trace(_route_pieces(config), step_m)[0]
 
 
-def _closed_route(config: RouteConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def closed_route(config: RouteConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Dense route vertices (closed by repeating the first), arc lengths and unwrapped headings."""
     xy, heading = _trace(_route_pieces(config), 0.05)
     xy = np.vstack([xy, xy[:1]])
@@ -127,7 +127,7 @@ def _closed_route(config: RouteConfig) -> tuple[np.ndarray, np.ndarray, np.ndarr
     return xy, s, heading
 
 
-def _build_walls(config: RouteConfig) -> _Walls:
+def build_walls(config: RouteConfig) -> Walls:
     """Offset the route to both sides; wall 0 is on the left, wall 1 on the right."""
     xy, heading = _trace(_route_pieces(config), 1.0)
     normal_left = np.stack([-np.sin(heading), np.cos(heading)], axis=1)
@@ -141,10 +141,10 @@ def _build_walls(config: RouteConfig) -> _Walls:
         u0 = np.concatenate([[0.0], np.cumsum(lengths)[:-1]])
         parts.append((a, b, np.full(len(a), wall), u0, normal, float(lengths.sum())))
     cat = [np.concatenate([p[i] for p in parts]) for i in range(5)]
-    return _Walls(*cat, lengths=tuple(p[5] for p in parts))
+    return Walls(*cat, lengths=tuple(p[5] for p in parts))
 
 
-def _cast(walls: _Walls, origins: np.ndarray, dirs: np.ndarray) -> tuple[np.ndarray, ...]:
+def cast(walls: Walls, origins: np.ndarray, dirs: np.ndarray) -> tuple[np.ndarray, ...]:
     """Intersect rays with every segment; return (t, segment, u along its wall), t=inf if none."""
     e = walls.b - walls.a
     ap = walls.a[None] - origins[:, None]
@@ -159,7 +159,7 @@ def _cast(walls: _Walls, origins: np.ndarray, dirs: np.ndarray) -> tuple[np.ndar
     return t[rows, seg], seg, u
 
 
-def _viewpoints(config: RouteConfig, traversal: int) -> tuple[np.ndarray, ...]:
+def viewpoints(config: RouteConfig, traversal: int) -> tuple[np.ndarray, ...]:
     """Arc length, left offset, yaw jitter and pitch (radians) of every frame of a traversal."""
     rng = np.random.default_rng([config.seed, 3, traversal])
     n, length = config.frames_per_traversal, config.length_m

@@ -12,18 +12,18 @@ from typing import Any
 import cv2
 import numpy as np
 
-from vpr_ros.sample.facade import _build_atlas, _noise, TEXEL_M
-from vpr_ros.sample.route import _build_walls, _closed_route, _Walls, RouteConfig
+from vpr_ros.sample.facade import build_atlas, noise, TEXEL_M
+from vpr_ros.sample.route import build_walls, closed_route, RouteConfig, Walls
 
 
 @dataclass(frozen=True)
-class _Scene:
+class Scene:
     """Geometry and lighting-independent textures shared by both traversals."""
 
     route_xy: np.ndarray
     route_s: np.ndarray
     route_heading: np.ndarray
-    walls: _Walls
+    walls: Walls
     atlas: tuple
     emissive: tuple
     heights: tuple
@@ -31,7 +31,7 @@ class _Scene:
     floor_origin: tuple
 
 
-def _route_xy(scene: _Scene, s: np.ndarray, lateral: np.ndarray) -> np.ndarray:
+def route_xy(scene: Scene, s: np.ndarray, lateral: np.ndarray) -> np.ndarray:
     """Map route coordinates (arc length, left offset) to map-frame points ``[N, 2]``."""
     length = scene.route_s[-1]
     s = np.mod(s, length)
@@ -48,7 +48,8 @@ def _floor_grid(scene_xy: np.ndarray, margin: float) -> tuple[tuple, tuple]:
     return (float(lo[0]), float(lo[1])), shape
 
 
-def _world_px(origin: tuple, xy: np.ndarray) -> np.ndarray:
+def world_px(origin: tuple, xy: np.ndarray) -> np.ndarray:
+    """Return map-frame points ``xy`` as integer floor texel coordinates from ``origin``."""
     return np.round((xy - np.array(origin)) / TEXEL_M).astype(np.int32)
 
 
@@ -56,9 +57,9 @@ def _band(img: np.ndarray, scene: Any, origin: tuple, s: tuple, lateral: tuple,
           colour: Any) -> None:
     """Fill the floor region s0..s1 along the route between two lateral offsets."""
     ss = np.linspace(s[0], s[1], max(2, int((s[1] - s[0]) / 0.25) + 1))
-    left = _route_xy(scene, ss, np.full_like(ss, lateral[0]))
-    right = _route_xy(scene, ss[::-1], np.full_like(ss, lateral[1]))
-    cv2.fillPoly(img, [_world_px(origin, np.vstack([left, right]))],
+    left = route_xy(scene, ss, np.full_like(ss, lateral[0]))
+    right = route_xy(scene, ss[::-1], np.full_like(ss, lateral[1]))
+    cv2.fillPoly(img, [world_px(origin, np.vstack([left, right]))],
                  tuple(float(c) for c in np.broadcast_to(colour, 3)))
 
 
@@ -78,7 +79,7 @@ def _floor_markings(rng: np.random.Generator, img: np.ndarray, scene: Any, origi
             _band(img, scene, origin, (s, s + 3.0), (lat, lat + 0.5), (0.88, 0.88, 0.86))
     for s, lat in zip(rng.uniform(0.0, length, int(length / 12.0)),
                       rng.uniform(-walk + 0.5, walk - 0.5, int(length / 12.0))):
-        centre = _world_px(origin, _route_xy(scene, np.array([s]), np.array([lat]))[0])
+        centre = world_px(origin, route_xy(scene, np.array([s]), np.array([lat]))[0])
         cv2.circle(img, tuple(int(v) for v in centre), 7, (0.12, 0.12, 0.12), -1)
         cv2.circle(img, tuple(int(v) for v in centre), 7, (0.35, 0.35, 0.35), 1)
 
@@ -86,22 +87,22 @@ def _floor_markings(rng: np.random.Generator, img: np.ndarray, scene: Any, origi
 def _floor_albedo(rng: np.random.Generator, scene: Any, config: RouteConfig) -> tuple:
     """Return the floor albedo texture (asphalt, paving, paint) and its map-frame origin."""
     origin, shape = _floor_grid(scene.route_xy, config.street_width_m)
-    tone = 0.25 + 0.05 * _noise(rng, shape, (shape[0] // 60 + 1, shape[1] // 60 + 1), 4)
+    tone = 0.25 + 0.05 * noise(rng, shape, (shape[0] // 60 + 1, shape[1] // 60 + 1), 4)
     grit = 0.03 * rng.standard_normal(shape).astype(np.float32)
     img = np.dstack([tone + grit] * 3) * np.array((1.0, 0.98, 0.95), np.float32)
     _floor_markings(rng, img, scene, origin, config)
-    stains = _noise(rng, shape, (shape[0] // 40 + 1, shape[1] // 40 + 1), 2)
+    stains = noise(rng, shape, (shape[0] // 40 + 1, shape[1] // 40 + 1), 2)
     img *= np.where(stains > 1.0, 0.7, 1.0)[..., None]
     return img.astype(np.float32), origin
 
 
 @functools.lru_cache(maxsize=2)
-def _build_scene(config: RouteConfig) -> _Scene:
+def build_scene(config: RouteConfig) -> Scene:
     """Build the geometry and textures of ``config``'s route (cached: both traversals share it)."""
     rng = np.random.default_rng([config.seed, 1])
-    route_xy, route_s, heading = _closed_route(config)
-    walls = _build_walls(config)
-    atlas, emissive, heights = _build_atlas(rng, walls)
-    partial = _Scene(route_xy, route_s, heading, walls, atlas, emissive, heights, None, (0, 0))
+    route_xy, route_s, heading = closed_route(config)
+    walls = build_walls(config)
+    atlas, emissive, heights = build_atlas(rng, walls)
+    partial = Scene(route_xy, route_s, heading, walls, atlas, emissive, heights, None, (0, 0))
     floor, origin = _floor_albedo(rng, partial, config)
-    return _Scene(route_xy, route_s, heading, walls, atlas, emissive, heights, floor, origin)
+    return Scene(route_xy, route_s, heading, walls, atlas, emissive, heights, floor, origin)

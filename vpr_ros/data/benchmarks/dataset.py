@@ -225,7 +225,8 @@ def _frames(refs: Sequence[ImageRef], max_side: Optional[int],
                         shrink_to_max_side(read_image_file(ref), max_side), None, str(ref))
 
 
-def _warn_counts(dataset: EvalDataset) -> EvalDataset:
+def warn_counts(dataset: EvalDataset) -> EvalDataset:
+    """Log a warning when ``dataset``'s sizes differ from its protocol; return ``dataset``."""
     expected = EXPECTED_COUNTS.get(dataset.name)
     found = (dataset.num_queries, dataset.num_database)
     if expected is not None and found != expected:
@@ -234,7 +235,8 @@ def _warn_counts(dataset: EvalDataset) -> EvalDataset:
     return dataset
 
 
-def _read_json(path: Path) -> Any:
+def read_json(path: Path) -> Any:
+    """Return the parsed JSON of ground truth file ``path`` or raise a :class:`DatasetError`."""
     try:
         return json.loads(path.read_text(encoding='utf-8'))
     except OSError as exc:
@@ -243,6 +245,7 @@ def _read_json(path: Path) -> Any:
         raise DatasetError(f'ground truth {path} is not valid JSON: {exc}') from exc
 
 
-def _clip_ids(ids: Sequence[int], num_db: int) -> np.ndarray:
+def clip_ids(ids: Sequence[int], num_db: int) -> np.ndarray:
+    """Return the unique ``ids`` that index a database of ``num_db`` images, sorted."""
     array = np.unique(np.asarray(ids, dtype=np.int64))
     return array[(array >= 0) & (array < num_db)]

@@ -10,7 +10,7 @@ from typing import Optional
 
 import numpy as np
 
-from vpr_ros.data.benchmarks.dataset import _clip_ids, _read_json, EvalDataset, PathLike
+from vpr_ros.data.benchmarks.dataset import clip_ids, EvalDataset, PathLike, read_json
 from vpr_ros.data.benchmarks.image_folders import list_image_files
 from vpr_ros.errors import DatasetError
 
@@ -35,7 +35,7 @@ def read_index_list_dataset(root: PathLike, ground_truth: str = 'ground_truth.js
 
 
 def _positives_from_json(path: Path, num_queries: int, num_db: int) -> list[np.ndarray]:
-    data = _read_json(path)
+    data = read_json(path)
     if not isinstance(data, list):
         raise DatasetError(f'{path}: expected a list of {{"query", "positives"}} objects')
     positives = [np.empty(0, np.int64) for _ in range(num_queries)]
@@ -48,7 +48,7 @@ def _positives_from_json(path: Path, num_queries: int, num_db: int) -> list[np.n
         if not 0 <= query < num_queries:
             raise DatasetError(f'{path}: entry {n} names query {query}, but there are '
                                f'{num_queries} query images')
-        positives[query] = _clip_ids(ids, num_db)
+        positives[query] = clip_ids(ids, num_db)
     return positives
 
 

@@ -11,9 +11,8 @@ from typing import Optional
 import numpy as np
 
 from vpr_ros.data.benchmarks.dataset import DEFAULT_RADIUS_M, EvalDataset, PathLike
-from vpr_ros.data.benchmarks.sequence import (_sequence_info, DEFAULT_MIN_GAP,
-                                              list_sequence_images, sequence_dataset,
-                                              sequence_stamps)
+from vpr_ros.data.benchmarks.sequence import (DEFAULT_MIN_GAP, list_sequence_images,
+                                              sequence_dataset, sequence_info, sequence_stamps)
 from vpr_ros.data.ground_truth import positives_within_radius
 from vpr_ros.errors import DatasetError
 
@@ -57,7 +56,7 @@ def read_kitti_poses_dataset(root: PathLike, ground_truth: str,
     within = positives_within_radius(positions, positions, radius_m)
     revisits = [ids[ids < i] for i, ids in enumerate(within)]
     stamps, source = sequence_stamps(root, len(files), times, frame_rate)
-    info = _sequence_info('kitti-poses', ground_truth, folder.relative_to(root), source)
+    info = sequence_info('kitti-poses', ground_truth, folder.relative_to(root), source)
     info['positive_radius_m'] = radius_m
     return sequence_dataset(name or root.name, files, revisits, min_gap, stamps,
                             exclude_recent_s, info)

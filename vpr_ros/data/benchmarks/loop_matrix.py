@@ -11,9 +11,8 @@ from typing import Any, Optional
 import numpy as np
 
 from vpr_ros.data.benchmarks.dataset import EvalDataset, PathLike
-from vpr_ros.data.benchmarks.sequence import (_sequence_info, DEFAULT_MIN_GAP,
-                                              list_sequence_images, sequence_dataset,
-                                              sequence_stamps)
+from vpr_ros.data.benchmarks.sequence import (DEFAULT_MIN_GAP, list_sequence_images,
+                                              sequence_dataset, sequence_info, sequence_stamps)
 from vpr_ros.errors import DatasetError
 
 LOGGER = logging.getLogger(__name__)
@@ -54,7 +53,7 @@ def read_loop_matrix_dataset(root: PathLike, ground_truth: str, gt_key: Optional
     loops = matrix | matrix.T
     revisits = [np.flatnonzero(loops[i, :i]) for i in range(len(files))]
     stamps, source = sequence_stamps(root, len(files), times, frame_rate)
-    info = _sequence_info('loop-matrix', ground_truth, Path(image_dir), source)
+    info = sequence_info('loop-matrix', ground_truth, Path(image_dir), source)
     info['gt_key'] = key
     return sequence_dataset(name or root.name, files, revisits, min_gap, stamps,
                             exclude_recent_s, info)

@@ -12,7 +12,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from vpr_ros.data.benchmarks.atomic_files import write_text_atomic
-from vpr_ros.data.benchmarks.dataset import _warn_counts, DEFAULT_RADIUS_M, EvalDataset, PathLike
+from vpr_ros.data.benchmarks.dataset import DEFAULT_RADIUS_M, EvalDataset, PathLike, warn_counts
 from vpr_ros.data.benchmarks.image_folders import list_image_files
 from vpr_ros.data.ground_truth import positives_within_radius
 from vpr_ros.errors import DatasetError
@@ -93,8 +93,8 @@ def read_msls_val(root: PathLike, index_dir: Optional[PathLike] = None,
         info['index_lists'] = str(index_dir)
     positives = positives_within_radius(q_utm, db_utm, radius_m)
     keep = [q for q, ids in enumerate(positives) if len(ids)]
-    return _warn_counts(EvalDataset('msls-val', tuple(db_paths), tuple(q_paths[q] for q in keep),
-                                    tuple(positives[q] for q in keep), info=info))
+    return warn_counts(EvalDataset('msls-val', tuple(db_paths), tuple(q_paths[q] for q in keep),
+                                   tuple(positives[q] for q in keep), info=info))
 
 
 def _load_plain_npy(path: Path) -> np.ndarray:
@@ -136,8 +136,8 @@ def read_msls_test(root: PathLike, cities: Sequence[str] = MSLS_TEST_CITIES) -> 
         q_files += list_image_files(city_dir / 'query' / 'images')
         db_files += list_image_files(city_dir / 'database' / 'images')
     empty = tuple(np.empty(0, np.int64) for _ in q_files)
-    return _warn_counts(EvalDataset('msls-test', tuple(db_files), tuple(q_files), empty,
-                                    info={'format': 'msls-test', 'cities': list(cities)}))
+    return warn_counts(EvalDataset('msls-test', tuple(db_files), tuple(q_files), empty,
+                                   info={'format': 'msls-test', 'cities': list(cities)}))
 
 
 def write_msls_submission(path: PathLike, dataset: EvalDataset, predictions: np.ndarray) -> Path:

@@ -9,7 +9,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from vpr_ros.data.benchmarks.dataset import _warn_counts, DEFAULT_RADIUS_M, EvalDataset, PathLike
+from vpr_ros.data.benchmarks.dataset import DEFAULT_RADIUS_M, EvalDataset, PathLike, warn_counts
 from vpr_ros.data.benchmarks.image_folders import read_folder_dataset
 from vpr_ros.data.ground_truth import positives_within_radius
 from vpr_ros.errors import DatasetError
@@ -66,8 +66,8 @@ def _mat_dataset(root: Path, mat_path: Path, query_bases: Sequence[Path], name: 
     q_files = _resolve_images(struct['q_images'], list(query_bases) + [root])
     positives = positives_within_radius(struct['utm_q'], struct['utm_db'], radius_m)
     info = {'format': 'netvlad-mat', 'mat': mat_path.name, 'positive_radius_m': radius_m}
-    return _warn_counts(EvalDataset(name, tuple(db_files), tuple(q_files), tuple(positives),
-                                    query_max_side, info))
+    return warn_counts(EvalDataset(name, tuple(db_files), tuple(q_files), tuple(positives),
+                                   query_max_side, info))
 
 
 def _downloader_root(root: Path, split: str) -> Optional[Path]:
@@ -95,7 +95,7 @@ def read_pittsburgh(root: PathLike, variant: str = '30k', split: str = 'test',
     folders = _downloader_root(root, split)
     if folders is not None:
         dataset = read_folder_dataset(folders, radius_m, name=name)
-        return _warn_counts(dataset)
+        return warn_counts(dataset)
     mat = _find_file(root, [f'pitts{variant}_{split}.mat'])
     return _mat_dataset(root, mat, [root / 'queries_real'], name, radius_m, None)
 
@@ -107,8 +107,8 @@ def read_tokyo247(root: PathLike, radius_m: float = DEFAULT_RADIUS_M,
     folders = _downloader_root(root, 'test')
     if folders is not None:
         base = read_folder_dataset(folders, radius_m, name='tokyo247')
-        return _warn_counts(EvalDataset(base.name, base.database, base.queries, base.positives,
-                                        query_max_side, base.info))
+        return warn_counts(EvalDataset(base.name, base.database, base.queries, base.positives,
+                                       query_max_side, base.info))
     mat = _find_file(root, ['tokyo247.mat'])
     query_bases = [root / '247query_v3', root / '247query_subset_v2', root / 'queries']
     return _mat_dataset(root, mat, query_bases, 'tokyo247', radius_m, query_max_side)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vpr_ros.data.benchmarks.dataset import _clip_ids, _warn_counts, EvalDataset, PathLike
+from vpr_ros.data.benchmarks.dataset import clip_ids, EvalDataset, PathLike, warn_counts
 from vpr_ros.data.benchmarks.image_folders import list_image_files
 
 NORDLAND_STRIDE = 10
@@ -17,7 +17,7 @@ NORDLAND_STRIDE = 10
 def nordland_positives(num_queries: int, num_db: int, tolerance: int = 1,
                        stride: int = NORDLAND_STRIDE) -> list[np.ndarray]:
     """Return query ``i`` -> references ``stride*i - tolerance .. stride*i + tolerance``."""
-    return [_clip_ids(range(stride * q - tolerance, stride * q + tolerance + 1), num_db)
+    return [clip_ids(range(stride * q - tolerance, stride * q + tolerance + 1), num_db)
             for q in range(num_queries)]
 
 
@@ -36,5 +36,5 @@ def read_nordland(root: PathLike, tolerance: int = 1, query_dir: str = 'query',
     query_files = list_image_files(root / query_dir)
     positives = nordland_positives(len(query_files), len(db_files), tolerance)
     info = {'format': 'nordland', 'tolerance_frames': tolerance, 'stride': NORDLAND_STRIDE}
-    return _warn_counts(EvalDataset('nordland', tuple(db_files), tuple(query_files),
-                                    tuple(positives), info=info))
+    return warn_counts(EvalDataset('nordland', tuple(db_files), tuple(query_files),
+                                   tuple(positives), info=info))

@@ -18,7 +18,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from vpr_ros.data.benchmarks.dataset import _read_json, EvalDataset, ImageRef, PathLike
+from vpr_ros.data.benchmarks.dataset import EvalDataset, ImageRef, PathLike, read_json
 from vpr_ros.data.benchmarks.image_folders import list_image_files
 from vpr_ros.errors import DatasetError
 
@@ -131,7 +131,8 @@ def list_sequence_images(folder: PathLike) -> list[Path]:
     return sorted(files, key=lambda p: _natural_key(p, folder))
 
 
-def _sequence_info(fmt: str, ground_truth: PathLike, image_dir: Path, stamps: str) -> dict:
+def sequence_info(fmt: str, ground_truth: PathLike, image_dir: Path, stamps: str) -> dict:
+    """Return the ``info`` record of a sequence dataset (format, sources, stamp source)."""
     return {'format': fmt, 'ground_truth': str(ground_truth), 'image_dir': str(image_dir),
             'stamps': stamps}
 
@@ -152,7 +153,7 @@ def read_sequence_dataset(root: PathLike, ground_truth: str = 'ground_truth.json
     root = Path(root)
     if min_gap < 1:
         raise DatasetError(f'sequence min_gap must be at least 1 frame, got {min_gap}')
-    data = _read_json(root / ground_truth)
+    data = read_json(root / ground_truth)
     if not isinstance(data, dict) or not isinstance(data.get('frames'), list):
         raise DatasetError(f'{root / ground_truth}: expected {{"frames": [...], "loops": '
                            '[...]} (a loop-closure sequence)')
@@ -165,7 +166,7 @@ def read_sequence_dataset(root: PathLike, ground_truth: str = 'ground_truth.json
     stamps, source = sequence_stamps(root, len(files), times, frame_rate)
     return sequence_dataset(name or root.name, files, revisits, min_gap, stamps,
                             exclude_recent_s,
-                            _sequence_info('sequence', ground_truth, Path(image_dir), source))
+                            sequence_info('sequence', ground_truth, Path(image_dir), source))
 
 
 def _sequence_revisits(loops: Any, count: int, path: Path) -> list[np.ndarray]:
