@@ -1,4 +1,4 @@
-"""Pair-VPR two-stage training for vpr_ros (research code; imports vpr_ros.core, never rclpy).
+"""Pair-VPR two-stage training for vpr_ros (research code; uses the vpr_ros library, never rclpy).
 
 Stage one (``python -m vpr_ros_training.stage_one``) pre-trains the encoder and pair decoder with
 Siamese masked image modelling on place-aware image pairs; stage two

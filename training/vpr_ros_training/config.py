@@ -58,7 +58,7 @@ def source_class(kind: str) -> type:
 class ModelConfig:
     """Which network is trained and how it is initialised."""
 
-    name: str = option('pairvpr_vitb14', 'vpr_ros.core registry name of the model')
+    name: str = option('pairvpr_vitb14', 'vpr_ros.models registry name of the model')
     options: dict = option({}, 'keyword overrides passed to the registry factory (tiny models)')
     num_trainable_blocks: int = option(6, 'last encoder blocks that are trained', (0, 1000))
     init_checkpoint: str = option('', 'weights to start from (stage two: the stage-one '
