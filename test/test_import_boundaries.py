@@ -6,9 +6,10 @@ Allowed directions (docs/architecture.md draws them)::
                                cli -> sample -> data -> ground floor
     training -> the library (never ros)
 
-The ground floor is ``vpr_ros.config``, ``vpr_ros.errors``, ``vpr_ros.geometry`` and
-``vpr_ros.openmp``. Nothing outside ``vpr_ros.ros`` imports rclpy, launch or a message package, and
-nothing in ``vpr_ros`` imports the training package. Imports inside functions count too.
+The ground floor is ``vpr_ros.atomic_file``, ``vpr_ros.config``, ``vpr_ros.errors``,
+``vpr_ros.geometry`` and ``vpr_ros.openmp``. Nothing outside ``vpr_ros.ros`` imports rclpy, launch
+or a message package, and nothing in ``vpr_ros`` imports the training package. Imports inside
+functions count too.
 """
 
 import ast
@@ -23,7 +24,8 @@ ROS_MODULES = {
     'rosidl_runtime_py', 'ament_index_python', 'builtin_interfaces', 'rcl_interfaces',
 }
 TRAINING_MODULES = {'training', 'vpr_ros_training'}
-GROUND = {'vpr_ros', 'vpr_ros.config', 'vpr_ros.errors', 'vpr_ros.geometry', 'vpr_ros.openmp'}
+GROUND = {'vpr_ros', 'vpr_ros.atomic_file', 'vpr_ros.config', 'vpr_ros.errors', 'vpr_ros.geometry',
+          'vpr_ros.openmp'}
 _LAYERS = (
     ('vpr_ros.data', set()),
     ('vpr_ros.models', set()),
@@ -44,6 +46,7 @@ ALLOWED['vpr_ros.config'] = {'vpr_ros.errors', 'vpr_ros.config'}
 ALLOWED['vpr_ros.geometry'] = {'vpr_ros.errors', 'vpr_ros.geometry'}
 ALLOWED['vpr_ros.errors'] = {'vpr_ros.errors'}
 ALLOWED['vpr_ros.openmp'] = {'vpr_ros.openmp'}
+ALLOWED['vpr_ros.atomic_file'] = {'vpr_ros.atomic_file'}
 ALLOWED['vpr_ros'] = {'vpr_ros', 'vpr_ros.openmp'}
 ALLOWED['vpr_ros.core'] = {'vpr_ros.core'}
 

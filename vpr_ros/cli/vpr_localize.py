@@ -2,15 +2,15 @@
 
 import argparse
 import csv
+import io
 import json
-import os
 from pathlib import Path
 import sys
-import tempfile
 from typing import Optional, Sequence
 
 from tqdm import tqdm
 
+from vpr_ros.atomic_file import write_text_atomic
 from vpr_ros.cli.arguments import (add_config_arguments, add_input_arguments, add_model_arguments,
                                    config_from_args, run_command)
 from vpr_ros.config import LocalizerConfig
@@ -54,18 +54,14 @@ def result_rows(index: int, frame: Frame, result: LocalizationResult,
 
 def write_rows(rows: list[dict], out: Path) -> None:
     """Write ``rows`` atomically as CSV or JSON, chosen by the file suffix."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f'.{out.name}.')
-    with os.fdopen(fd, 'w', newline='') as handle:
-        if out.suffix == '.json':
-            json.dump(rows, handle, indent=1)
-        else:
-            writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS)
-            writer.writeheader()
-            writer.writerows(rows)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, out)
+    if out.suffix == '.json':
+        write_text_atomic(out, json.dumps(rows, indent=1))
+        return
+    text = io.StringIO(newline='')
+    writer = csv.DictWriter(text, fieldnames=CSV_FIELDS)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(out, text.getvalue())
 
 
 def localize(args: argparse.Namespace) -> int:

@@ -25,7 +25,7 @@ MOVED = {
                            'vpr_ros.data.benchmarks.traversals',
                            'vpr_ros.data.benchmarks.sequence',
                            'vpr_ros.data.benchmarks.loop_matrix', 'vpr_ros.data.benchmarks.kitti',
-                           'vpr_ros.data.benchmarks.atomic_files',),
+                           'vpr_ros.atomic_file'),
     'calibration': ('vpr_ros.models.calibration',),
     'cli': ('vpr_ros.cli',),
     'cli.arguments': ('vpr_ros.cli.arguments',),

@@ -14,7 +14,7 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
-from vpr_ros.data.benchmarks.atomic_files import write_bytes_atomic, write_text_atomic
+from vpr_ros.atomic_file import write_bytes_atomic, write_text_atomic
 from vpr_ros.evaluation.plots import (plot_latency, plot_match_grid, plot_pr_curve,
                                       plot_recall_curve, plot_reliability)
 from vpr_ros.evaluation.result import EvalResult

@@ -13,16 +13,17 @@ pickle. :class:`LabelMatrix` also wraps the released GCL ``<city>_gt.h5`` files 
 """
 
 from dataclasses import asdict, dataclass
+import io
 import json
 import logging
 import math
 import os
 from pathlib import Path
-import tempfile
 from typing import Union
 
 import numpy as np
 
+from vpr_ros.atomic_file import write_bytes_atomic
 from vpr_ros.data.ground_truth import positives_within_radius
 from vpr_ros.errors import DatasetError
 from vpr_ros_training.gcl.fov import fov_similarity, FovConfig, heading_difference
@@ -100,21 +101,11 @@ def graded_labels(queries: Cameras, database: Cameras,
 
 def write_labels(path: PathLike, labels: SparseLabels) -> Path:
     """Write ``labels`` to ``path`` (``.npz``) atomically; return the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.npz', dir=path.parent)
-    try:
-        with os.fdopen(handle, 'wb') as stream:
-            np.savez(stream, query_index=labels.query_index, db_index=labels.db_index,
-                     psi=labels.psi, shape=np.asarray(labels.shape, np.int64),
-                     config=np.asarray(json.dumps(asdict(labels.config))))
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-    return path
+    buffer = io.BytesIO()
+    np.savez(buffer, query_index=labels.query_index, db_index=labels.db_index, psi=labels.psi,
+             shape=np.asarray(labels.shape, np.int64),
+             config=np.asarray(json.dumps(asdict(labels.config))))
+    return write_bytes_atomic(path, buffer.getvalue())
 
 
 def read_labels(path: PathLike) -> SparseLabels:

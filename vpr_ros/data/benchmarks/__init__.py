@@ -19,7 +19,6 @@ correct). The protocols follow ``shared/reference/eval.md``:
 - ``sequence``: format ``sequence`` (one loop-closure sequence) and the sequence helpers.
 - ``loop_matrix``: format ``loop-matrix`` (a sequence with a loop-closure matrix).
 - ``kitti``: format ``kitti-poses`` (a sequence with a KITTI pose file).
-- ``atomic_files``: atomic file writes (submission files, reports).
 
 Object (pickled) ``.npy`` files are never loaded; convert them to JSON first. This package
 re-exports nothing: import each name from the module that defines it.

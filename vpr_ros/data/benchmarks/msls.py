@@ -11,7 +11,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from vpr_ros.data.benchmarks.atomic_files import write_text_atomic
+from vpr_ros.atomic_file import write_text_atomic
 from vpr_ros.data.benchmarks.dataset import DEFAULT_RADIUS_M, EvalDataset, PathLike, warn_counts
 from vpr_ros.data.benchmarks.image_folders import list_image_files
 from vpr_ros.data.ground_truth import positives_within_radius

@@ -27,11 +27,12 @@ from dataclasses import dataclass, field
 import io
 import json
 import math
-import os
 from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
+
+from vpr_ros.atomic_file import write_bytes_atomic
 
 LATENCY_BOUND = 4.0
 """Answers after warm-up, p99 at most this many node frame times.
@@ -371,15 +372,6 @@ def _markdown(report: dict) -> str:
             f'{settings}\n\n## Errors\n\n{errors}\n')
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    temporary = path.with_name(f'.{path.name}.tmp')
-    with open(temporary, 'wb') as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(temporary, path)
-
-
 def _plot(recording: SoakRecording, report: dict) -> bytes:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -413,7 +405,7 @@ def write_soak_report(recording: SoakRecording, report: dict, out_dir: Path) -> 
     """Write ``report.json``, ``summary.md`` and ``soak.png`` into ``out_dir``; return it."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    _write_atomically(out / 'report.json', (json.dumps(_round(report), indent=2) + '\n').encode())
-    _write_atomically(out / 'summary.md', _markdown(report).encode())
-    _write_atomically(out / 'soak.png', _plot(recording, report))
+    write_bytes_atomic(out / 'report.json', (json.dumps(_round(report), indent=2) + '\n').encode())
+    write_bytes_atomic(out / 'summary.md', _markdown(report).encode())
+    write_bytes_atomic(out / 'soak.png', _plot(recording, report))
     return out

@@ -1,10 +1,15 @@
-"""Atomic file writes: a temporary sibling, fsynced, then renamed over the target."""
+"""Atomic file writes: a temporary sibling, fsynced, then renamed over the target.
+
+A reader sees the old file or the new one, never a partial write; a failed write leaves the old
+file and no temporary behind.
+"""
 
 import os
 from pathlib import Path
 import tempfile
+from typing import Union
 
-from vpr_ros.data.benchmarks.dataset import PathLike
+PathLike = Union[str, Path]
 
 
 def write_text_atomic(path: PathLike, text: str) -> Path:
