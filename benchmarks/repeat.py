@@ -24,12 +24,19 @@ RATIO = re.compile(r'^\s*(?P<label>.+?)\s{2,}.*?x\s*(?P<ratio>\d+\.\d+) vs (?:ba
 
 
 def ratios_of(output: str) -> dict[str, float]:
-    """Return ``{label: ratio}`` of every ratio line a benchmark printed."""
+    """Return ``{label: ratio}`` of every ratio line a benchmark printed.
+
+    A label printed again in the same run (the same method at the next map size) is numbered by
+    its occurrence: ``hnsw``, ``hnsw #2``, ...
+    """
     found = {}
     for line in output.splitlines():
         match = RATIO.match(line)
         if match:
-            found[match.group('label').strip()] = float(match.group('ratio'))
+            label = match.group('label').strip()
+            occurrence = sum(1 for key in found if key == label or key.startswith(label + ' #'))
+            found[label if not occurrence else f'{label} #{occurrence + 1}'] = \
+                float(match.group('ratio'))
     return found
 
 

@@ -78,10 +78,11 @@ def test_repeat_collects_every_ratio_line() -> None:
         '  official per-query loop                       563.0 pairs/s   x 1.00 vs baseline',
         '  torch first, nothing set                  539.4        2         True x  0.17 vs '
         'baseline',
-        '  HNSW M32                                  0.086 ms   x 1.66 vs exact'])
+        '  HNSW M32                                  0.086 ms   x 1.66 vs exact',
+        '  HNSW M32                                  0.237 ms   x15.50 vs exact'])
     assert repeat.ratios_of(output) == {
         'naive per-image loop (baseline)': 1.0,
         'Localizer.describe, default settings (onnx)': 4.19, 'official per-query loop': 1.0,
-        'torch first, nothing set': 0.17, 'HNSW M32': 1.66}
+        'torch first, nothing set': 0.17, 'HNSW M32': 1.66, 'HNSW M32 #2': 15.5}
     table = repeat.summary([{'a': 1.0, 'b': 2.0}, {'a': 3.0, 'b': 2.5}, {'a': 2.0}])
     assert 'x   2.00     1.00-3.00' in table and 'x   2.25     2.00-2.50' in table
