@@ -41,7 +41,6 @@ ALLOWED = {package: GROUND | below | {package} for package, below in _LAYERS}
 LIBRARY = set(ALLOWED) | GROUND
 ALLOWED['vpr_ros.ros'] = LIBRARY | {'vpr_ros.ros'}
 ALLOWED['vpr_ros.ros.tools'] = ALLOWED['vpr_ros.ros'] | {'vpr_ros.ros.tools'}
-ALLOWED.update({name: GROUND - {'vpr_ros'} for name in GROUND})
 ALLOWED['vpr_ros.config'] = {'vpr_ros.errors', 'vpr_ros.config'}
 ALLOWED['vpr_ros.geometry'] = {'vpr_ros.errors', 'vpr_ros.geometry'}
 ALLOWED['vpr_ros.errors'] = {'vpr_ros.errors'}
@@ -83,8 +82,7 @@ def upward_imports(path: Path) -> list[str]:
         if module.split('.')[0] != 'vpr_ros':
             continue
         target = owner(module)
-        if target not in allowed and not (target == 'vpr_ros' and module != 'vpr_ros'
-                                          and owner(module.rsplit('.', 1)[0]) in allowed):
+        if target not in allowed:
             bad.add(f'{module} ({target})')
     return sorted(bad)
 

@@ -3,6 +3,7 @@
 from dataclasses import replace
 import importlib.util
 import json
+import logging
 from pathlib import Path
 import sys
 
@@ -225,3 +226,16 @@ def test_official_stage_one_file_initialises_stage_two(tmp_path: Path) -> None:
                        source.decoder.dec_blocks[0].cross_attn.projk.weight)
     assert model.decoder.dec_pos_embed.shape == (25, 64)
     assert 'decoder.decoder_clstoken' in report.missing
+
+
+def test_recipe_command_line_sets_the_console_level_only(monkeypatch) -> None:
+    """``parse_recipe_args`` reads the three options and sets --log-level on console handlers."""
+    from vpr_ros_training.command_line import parse_recipe_args
+    handler = logging.StreamHandler()
+    monkeypatch.setattr(logging.getLogger(), 'handlers', [handler])
+    args = parse_recipe_args('recipe', ['--set', 'a.b=1', '--set', 'c=2', '--log-level',
+                                        'warning'], 'recipe.yaml', 'YAML recipe')
+    assert (args.config, args.overrides) == ('recipe.yaml', ['a.b=1', 'c=2'])
+    assert handler.level == logging.WARNING
+    with pytest.raises(SystemExit):
+        parse_recipe_args('recipe', ['--resume', 'x'], None, 'YAML recipe')

@@ -36,6 +36,25 @@ def parse_stage_args(description: str, argv: Optional[Sequence[str]]) -> argpars
     return args
 
 
+def parse_recipe_args(description: str, argv: Sequence[str], default_config: Optional[str],
+                      config_help: str) -> argparse.Namespace:
+    """Parse a weights recipe's command line (``--config``, ``--set``, ``--log-level``).
+
+    The console handler gets the ``--log-level``; the package loggers stay at DEBUG for the run
+    folder's log files.
+    """
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument('--config', default=default_config, help=config_help)
+    parser.add_argument('--set', dest='overrides', action='append', default=[],
+                        metavar='SECTION.KEY=VALUE', help='override one option (repeatable)')
+    parser.add_argument('--log-level', default='INFO', help='console log level')
+    args = parser.parse_args(argv)
+    logging.basicConfig(format='%(asctime)s %(levelname)s %(name)s: %(message)s')
+    for handler in logging.getLogger().handlers:
+        handler.setLevel(args.log_level.upper())
+    return args
+
+
 def run_stage_command(description: str, config_type: type, run: Callable[..., Path],
                       argv: Optional[Sequence[str]]) -> Path:
     """Parse a stage's command line, load its config, call ``run(config, resume)``.

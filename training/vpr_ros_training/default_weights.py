@@ -23,7 +23,6 @@ with ``.json`` holds the record: command, configuration, seeds, times, numbers a
 numerical fingerprint (:mod:`vpr_ros.models.fingerprint`).
 """
 
-import argparse
 from dataclasses import dataclass
 import logging
 import math
@@ -41,6 +40,7 @@ from vpr_ros.evaluation.result import json_ready
 from vpr_ros.models.checkpoint import load_checkpoint, save_checkpoint
 from vpr_ros.models.fingerprint import model_fingerprint
 from vpr_ros.models.registry import create_model
+from vpr_ros_training.command_line import parse_recipe_args
 from vpr_ros_training.config import config_as_dict, load_config, option
 from vpr_ros_training.evaluation import roc_auc
 from vpr_ros_training.route_features import (encode_routes, gather_pairs, mine_pairs,
@@ -400,17 +400,9 @@ def run_default_weights(config: DefaultWeightsConfig, argv: Sequence[str] = ()) 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Command-line entry point; prints the held-out numbers and where the weights went."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = argparse.ArgumentParser(description='Train the shipped pairvpr_lite pair '
-                                     'classifier on procedural routes')
-    parser.add_argument('--config', default=str(DEFAULT_CONFIG),
-                        help='YAML recipe; default: %(default)s')
-    parser.add_argument('--set', dest='overrides', action='append', default=[],
-                        metavar='SECTION.KEY=VALUE', help='override one option (repeatable)')
-    parser.add_argument('--log-level', default='INFO', help='console log level')
-    args = parser.parse_args(argv)
-    logging.basicConfig(format='%(asctime)s %(levelname)s %(name)s: %(message)s')
-    for handler in logging.getLogger().handlers:
-        handler.setLevel(args.log_level.upper())
+    args = parse_recipe_args('Train the shipped pairvpr_lite pair classifier on procedural '
+                             'routes', argv, str(DEFAULT_CONFIG),
+                             'YAML recipe; default: %(default)s')
     record = run_default_weights(load_config(DefaultWeightsConfig, args.config, args.overrides),
                                  argv)
     for name in ('untrained', 'trained'):

@@ -20,7 +20,6 @@ only when its mean validation Recall@1 (fused) beats the weights already there. 
 next to it names the command, the data split, the seed and the numbers.
 """
 
-import argparse
 from dataclasses import dataclass, replace
 import logging
 import os
@@ -40,6 +39,7 @@ from vpr_ros.models.calibration import fit_calibration
 from vpr_ros.models.checkpoint import load_checkpoint, load_pretrained, save_checkpoint
 from vpr_ros.models.fingerprint import model_fingerprint
 from vpr_ros.models.preprocessing import preprocess
+from vpr_ros_training.command_line import parse_recipe_args
 from vpr_ros_training.config import config_as_dict, load_config, option
 from vpr_ros_training.default_weights import (evaluate_route, format_metrics, FusionConfig,
                                               PairTrainingConfig, train_pair_classifier,
@@ -465,16 +465,8 @@ def run_real_weights(config: RealWeightsConfig, argv: Sequence[str] = ()) -> dic
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Command-line entry point; prints the validation numbers and where the weights went."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--config', default=None, help='YAML recipe (default: the defaults '
-                        'of RealWeightsConfig)')
-    parser.add_argument('--set', dest='overrides', action='append', default=[],
-                        metavar='SECTION.KEY=VALUE', help='override one option (repeatable)')
-    parser.add_argument('--log-level', default='INFO', help='console log level')
-    args = parser.parse_args(argv)
-    logging.basicConfig(format='%(asctime)s %(levelname)s %(name)s: %(message)s')
-    for handler in logging.getLogger().handlers:
-        handler.setLevel(args.log_level.upper())
+    args = parse_recipe_args(__doc__.split('\n')[0], argv, None,
+                             'YAML recipe (default: the defaults of RealWeightsConfig)')
     record = run_real_weights(load_config(RealWeightsConfig, args.config, args.overrides), argv)
     for name, metrics in record['validation'].items():
         if isinstance(metrics, dict):
